@@ -1,0 +1,72 @@
+"""What every stage of a run shares: the data, how to make a Trainer and a logger, and trained-model caching."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from fingermarks.cache import cache_path
+from fingermarks.model_io import read_model_file
+from fingermarks.training.fit import fit_classifier, load_classifier, save_classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """Shared services of one run.
+
+    `recipe` is how the host is trained (epochs, optimizer, scheduler); independent and
+    reference models are trained the same way with other seeds, so that they are the
+    honest look-alikes an ownership claim must rule out.
+    """
+
+    datamodule: Any
+    data_cfg: DictConfig
+    model_cfg: DictConfig
+    recipe: DictConfig
+    trainer_factory: Callable[..., L.Trainer]
+    output_dir: Path
+    cache_dir: Path | None = None
+    logger_factory: Callable[[str], Any] = lambda stage: None
+    trained: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def train_classifier(self, model_cfg: DictConfig | dict, seed: int, role: str) -> tuple[nn.Module, dict[str, Any]]:
+        """Train (or take from the cache) a classifier of `model_cfg` on the run's data with `seed`."""
+        model_cfg = OmegaConf.create(model_cfg) if isinstance(model_cfg, dict) else model_cfg
+        recipe = {
+            "data": OmegaConf.to_container(self.data_cfg, resolve=True),
+            "model": OmegaConf.to_container(model_cfg, resolve=True),
+            "recipe": OmegaConf.to_container(self.recipe, resolve=True),
+            "seed": seed,
+        }
+        path = cache_path(self.cache_dir, "models", recipe)
+        if path is not None and path.is_file():
+            model = load_classifier(path, self.datamodule)
+            info = dict(read_model_file(path)["meta"], cached=True)
+            log.info("%s: reusing %s (seed %d, test acc %.4f)", role, path, seed, info["clean_acc"])
+        else:
+            optimizer = _instantiate(self.recipe.optimizer)
+            scheduler = _instantiate(self.recipe.get("scheduler"))
+            model, info = fit_classifier(
+                model_cfg, self.datamodule, seed=seed, epochs=self.recipe.epochs, optimizer=optimizer,
+                scheduler=scheduler, trainer_factory=self.trainer_factory, logger=self.logger_factory(role),
+            )
+            info = dict(info, arch=model.arch_name, role=role, cached=False)
+            if path is not None:
+                save_classifier(model, path, info)
+            log.info("%s: trained %s seed %d in %.1fs, test acc %.4f", role, model.arch_name, seed, info["train_seconds"], info["clean_acc"])
+        self.trained[f"{role}"] = info
+        return model, info
+
+
+def _instantiate(node):
+    from hydra.utils import instantiate
+
+    return None if node is None else instantiate(node)

@@ -1,0 +1,115 @@
+"""The dynamic-ratio callback of Algorithm 1: which triggers to train on, and how much clean data.
+
+Lightning builds an epoch's dataloader before `on_train_epoch_start`, so the state for
+epoch e+1 is decided in `on_train_epoch_end` of epoch e (and in `on_fit_start` for the
+first), and the embedding data reads it when the dataloader is rebuilt
+(`reload_dataloaders_every_n_epochs=1`). The state is saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from fingermarks.embedding.deepfool import deepfool
+
+
+class DynamicRatio(L.Callback):
+    """Tracks which triggers already give their target and grows the clean-data fraction p.
+
+    - matched triggers are left out (training on them only erodes their fingerprint
+      nature) unless their target probability falls below `readmit_prob`;
+    - unmatched ones are trained on, joined by DeepFool neighbours with the same target;
+    - p starts at `p0` and grows by `dp` per epoch up to `p_max`;
+    - training stops once every trigger is matched with probability >= `done_prob`.
+    """
+
+    def __init__(
+        self,
+        triggers: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        p0: float = 0.1,
+        dp: float = 0.1,
+        p_max: float = 0.5,
+        readmit_prob: float = 0.5,
+        done_prob: float = 0.5,
+        adversarial: bool = True,
+        deepfool_overshoot: float = 0.02,
+        input_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__()
+        if not 0 <= p0 <= p_max <= 1:
+            raise ValueError(f"need 0 <= p0 <= p_max <= 1, got p0={p0}, p_max={p_max}")
+        self.triggers, self.targets = triggers, targets
+        self.p0, self.dp, self.p_max = p0, dp, p_max
+        self.readmit_prob, self.done_prob = readmit_prob, done_prob
+        self.adversarial, self.overshoot, self.input_range = adversarial, deepfool_overshoot, input_range
+        self.p = p0
+        self.active = torch.ones(len(triggers), dtype=torch.bool)
+        self.neighbours = torch.empty(0, *triggers.shape[1:])
+        self.neighbour_targets = torch.empty(0, dtype=torch.long)
+        self.history: list[dict[str, float]] = []
+
+    # -- what the next epoch trains on -------------------------------------------------
+    def trigger_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Active triggers and their DeepFool neighbours, with target labels."""
+        x = torch.cat([self.triggers[self.active], self.neighbours])
+        y = torch.cat([self.targets[self.active], self.neighbour_targets])
+        return x, y
+
+    @torch.no_grad()
+    def target_probs(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        probs = model(self.triggers.to(device)).softmax(1).cpu()
+        model.train(was_training)
+        matched = probs.argmax(1) == self.targets
+        return matched, probs.gather(1, self.targets.view(-1, 1)).squeeze(1)
+
+    def _update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        matched, prob = self.target_probs(pl_module.model)
+        self.active = ~matched | (prob < self.readmit_prob)
+        if self.adversarial and bool(self.active.any()):
+            device = pl_module.device
+            x = self.triggers[self.active].to(device)
+            self.neighbours = deepfool(pl_module.model, x, overshoot=self.overshoot, input_range=self.input_range).cpu()
+            self.neighbour_targets = self.targets[self.active].clone()
+        else:
+            self.neighbours = self.neighbours[:0]
+            self.neighbour_targets = self.neighbour_targets[:0]
+        done = bool((matched & (prob >= self.done_prob)).all())
+        return {"matched": int(matched.sum()), "active": int(self.active.sum()), "min_target_prob": float(prob.min()), "done": done}
+
+    # -- Lightning hooks ----------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            self.p = self.p0
+            stats = self._update(trainer, pl_module)
+            self.history = [{"epoch": 0, "p": 0.0, **stats}]
+            trainer.should_stop = stats["done"]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        used_p = self.p
+        stats = self._update(trainer, pl_module)
+        self.p = min(self.p + self.dp, self.p_max)
+        clean = trainer.callback_metrics.get("val/acc")
+        row = {"epoch": trainer.current_epoch + 1, "p": used_p, **stats}
+        if clean is not None:
+            row["clean_acc"] = float(clean)
+        self.history.append(row)
+        pl_module.log_dict({"embed/matched": float(stats["matched"]), "embed/p": used_p, "embed/active": float(stats["active"])})
+        if stats["done"]:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"p": self.p, "active": self.active, "neighbours": self.neighbours,
+                "neighbour_targets": self.neighbour_targets, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.p, self.active = state["p"], state["active"]
+        self.neighbours, self.neighbour_targets = state["neighbours"], state["neighbour_targets"]
+        self.history = state["history"]

@@ -1,0 +1,70 @@
+"""Per-user watermark embedding: a LightningModule fine-tuning a copy of the host, fed by the callback's state."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Subset, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from fingermarks.embedding.dynamic_ratio import DynamicRatio
+
+
+class EmbeddingModule(L.LightningModule):
+    """Cross-entropy fine-tuning on the mixed epoch data (triggers, neighbours, clean images)."""
+
+    def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y)
+        self.log("embed/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc.update(self.model(x), y)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.model.parameters())
+
+
+class EmbeddingData(L.LightningDataModule):
+    """Builds each epoch's training set from the callback's current state.
+
+    Clean images: a fresh random fraction p of the owner's training set (clean labels),
+    drawn from a generator seeded by (seed, epoch) so a run is reproducible. Triggers
+    (and their neighbours) are repeated `trigger_repeat` times so every epoch sees them
+    in several batches.
+    """
+
+    def __init__(self, datamodule, ratio: DynamicRatio, *, seed: int, batch_size: int = 64, trigger_repeat: int = 4) -> None:
+        super().__init__()
+        self.base, self.ratio = datamodule, ratio
+        self.seed, self.batch_size, self.trigger_repeat = seed, batch_size, trigger_repeat
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        train = self.base.train_set
+        count = int(round(self.ratio.p * len(train)))
+        parts = [Subset(train, torch.randperm(len(train), generator=g)[:count].tolist())]
+        x, y = self.ratio.trigger_batch()
+        if len(x):
+            parts.append(TensorDataset(x.repeat(self.trigger_repeat, *[1] * (x.dim() - 1)), y.repeat(self.trigger_repeat)))
+        return DataLoader(ConcatDataset(parts), batch_size=self.batch_size, shuffle=True, generator=g)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.base.val_dataloader()

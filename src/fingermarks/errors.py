@@ -1,0 +1,45 @@
+"""Exceptions the entry points turn into one-line messages (no traceback soup)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+class FingermarksError(Exception):
+    """Base of every error that is the user's input, not a bug: shown as one line."""
+
+
+class KeyFileError(FingermarksError):
+    """A key file is missing, corrupt, of another format version, or made for another host."""
+
+
+class SuspectError(FingermarksError):
+    """A suspect model cannot be loaded or queried (wrong shape, class count, unreachable endpoint)."""
+
+
+class CheckpointError(FingermarksError):
+    """A checkpoint does not fit the configured architecture, input shape or class count."""
+
+
+class ConfigError(FingermarksError):
+    """A configuration value is out of range or inconsistent."""
+
+
+def one_line_errors(fn: F) -> F:
+    """Wrap an entry point so user errors print as `error: ...` and exit with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from fingermarks.data.base import DataNotFoundError
+
+        try:
+            return fn(*args, **kwargs)
+        except (FingermarksError, DataNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Evaluations over the key/verify interface: uniqueness, robustness, comparison, plots."""

@@ -1,0 +1,150 @@
+"""The owner's secret key: triggers, label pairs, encoding, user registry and how to decide.
+
+Saved as a plain torch file of tensors, numbers and strings (loadable with
+`weights_only=True`), never next to or inside a distributed model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fingermarks.codes import draw_ids, min_pairwise_distance
+from fingermarks.errors import KeyFileError
+from fingermarks.files import save_torch
+
+KEY_FORMAT = "fingermarks-key"
+KEY_FORMAT_VERSION = 1
+
+
+def host_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the host's parameters and buffers (names, shapes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Key:
+    """Everything the owner keeps secret to verify a suspect and trace a user.
+
+    `pairs[t] = (i, j)`: the source label and the fingerprint label of trigger t.
+    Encoding: bit 0 -> i and bit 1 -> j, swapped where `swap[t]` (the keyed option).
+    `users` maps a name to its n-bit ID. `decision` holds the ownership test
+    (null rate, alpha, threshold and how they were set).
+    """
+
+    method: str
+    triggers: torch.Tensor
+    pairs: torch.Tensor
+    swap: torch.Tensor
+    host_sha256: str
+    data: dict[str, Any]
+    decision: dict[str, Any]
+    users: dict[str, torch.Tensor] = field(default_factory=dict)
+    min_distance: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.triggers)
+
+    def bit_labels(self) -> torch.Tensor:
+        """(n, 2) labels for bit 0 and bit 1 of every trigger, after the encoding."""
+        i, j = self.pairs[:, 0], self.pairs[:, 1]
+        zero = torch.where(self.swap, j, i)
+        one = torch.where(self.swap, i, j)
+        return torch.stack([zero, one], 1)
+
+    def target_labels(self, bits: torch.Tensor) -> torch.Tensor:
+        """Labels a model carrying ID `bits` must give on the triggers: E_t(b_t)."""
+        return self.bit_labels().gather(1, bits.long().view(-1, 1)).squeeze(1)
+
+    def read_bits(self, labels: torch.Tensor) -> torch.Tensor:
+        """Bits read from top-1 labels: 0, 1, or erased (-1) where the label is neither."""
+        both = self.bit_labels()
+        bits = torch.full_like(labels, -1)
+        bits[labels == both[:, 0]] = 0
+        bits[labels == both[:, 1]] = 1
+        return bits
+
+    def host_bits(self) -> torch.Tensor:
+        """The bit pattern of the host itself (every trigger answers j)."""
+        return self.swap.long() ^ 1
+
+    def reserved_words(self) -> torch.Tensor:
+        """Patterns no ID may resemble: the host's (all j) and a natural model's (all i)."""
+        return torch.stack([self.host_bits(), 1 - self.host_bits()])
+
+    def add_users(self, names: list[str], generator: torch.Generator, min_distance: int) -> int:
+        """Register new users (old IDs are kept); return the minimum distance achieved overall."""
+        clash = [n for n in names if n in self.users]
+        if clash:
+            raise KeyFileError(f"users already registered in this key: {', '.join(clash)}")
+        existing = torch.stack(list(self.users.values())) if self.users else None
+        new = draw_ids(len(names), self.n, min_distance, generator, existing=existing, reserved=self.reserved_words())
+        self.users.update({name: row.long() for name, row in zip(names, new)})
+        self.min_distance = self.achieved_distance()
+        return self.min_distance
+
+    def achieved_distance(self) -> int:
+        """Minimum distance between two IDs and between an ID and a reserved word."""
+        rows = torch.cat([torch.stack(list(self.users.values())), self.reserved_words()]) if self.users else self.reserved_words()
+        return int(min_pairwise_distance(rows) or 0)
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload.update(format=KEY_FORMAT, version=KEY_FORMAT_VERSION)
+        return payload
+
+
+def save_key(key: Key, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the key atomically; an existing key is never replaced unless `overwrite`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise KeyFileError(f"{path} exists; refusing to overwrite a key (set overwrite=true to replace it)")
+    return save_torch(key.to_payload(), path)
+
+
+def load_key(path: str | os.PathLike) -> Key:
+    path = Path(path)
+    if not path.is_file():
+        raise KeyFileError(f"key file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise KeyFileError(f"cannot read key file {path} (corrupt or not a key): {type(exc).__name__}") from None
+    if not isinstance(payload, dict) or payload.get("format") != KEY_FORMAT:
+        raise KeyFileError(f"{path} is not a {KEY_FORMAT} file")
+    if payload.get("version") != KEY_FORMAT_VERSION:
+        raise KeyFileError(f"{path} has key format version {payload.get('version')}; this build reads {KEY_FORMAT_VERSION}")
+    fields = {k: payload[k] for k in Key.__dataclass_fields__ if k in payload}
+    missing = sorted(set(Key.__dataclass_fields__) - set(fields))
+    if missing:
+        raise KeyFileError(f"{path} lacks key fields: {', '.join(missing)}")
+    key = Key(**fields)
+    n = len(key.triggers)
+    if key.pairs.shape != (n, 2) or key.swap.shape != (n,) or any(len(b) != n for b in key.users.values()):
+        raise KeyFileError(f"{path} is inconsistent: {n} triggers but pairs/encoding/IDs of other lengths")
+    return key
+
+
+def check_host(key: Key, host: nn.Module) -> None:
+    """Refuse to embed with a key made for another host."""
+    found = host_fingerprint(host)
+    if found != key.host_sha256:
+        raise KeyFileError(
+            f"this key was made for host {key.host_sha256[:12]}, but the given host is {found[:12]}; "
+            "make a new key for this host"
+        )

@@ -1,0 +1,61 @@
+"""The one small interface every watermark or fingerprint scheme implements.
+
+keygen: host -> secret key; embed: host + key + user -> distributed model (a
+fingerprint returns the host untouched); verification needs only the key and the
+suspect's top-1 labels on the triggers (`fingermarks.verification`), so experiments,
+attacks and plots never depend on which scheme made the key.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fingermarks.context import RunContext
+from fingermarks.key import Key
+
+
+class WatermarkMethod(ABC):
+    name: ClassVar[str]
+    #: False for fingerprints: the model is left unchanged and no user can be traced.
+    embeds: ClassVar[bool] = True
+
+    @abstractmethod
+    def keygen(self, host: nn.Module, ctx: RunContext, users: list[str], seed: int) -> Key:
+        """Make the secret key from a trained host (the host is not modified)."""
+
+    @abstractmethod
+    def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+        """Return user `user`'s distributed model and what it cost (`embed_seconds`, `embed_epochs`, ...)."""
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """Put a model in eval mode with no parameter gradients (inputs can still get gradients)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def sample_sources(host: nn.Module, datamodule, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` owner training images (no augmentation) the host classifies correctly, in a seeded order."""
+    from fingermarks.metrics import predict_labels
+
+    dataset = datamodule.train_eval_set
+    order = torch.randperm(len(dataset), generator=generator)
+    xs, ys, have = [], [], 0
+    for start in range(0, len(order), max(4 * count, 256)):
+        idx = order[start : start + max(4 * count, 256)]
+        x, y = dataset.tensors(idx)
+        ok = predict_labels(host, x) == y
+        xs.append(x[ok]), ys.append(y[ok])
+        have += int(ok.sum())
+        if have >= count:
+            break
+    x, y = torch.cat(xs)[:count], torch.cat(ys)[:count]
+    if len(x) < count:
+        raise ValueError(f"only {len(x)} correctly classified training images for {count} requested sources")
+    return x, y

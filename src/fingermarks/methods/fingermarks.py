@@ -1,0 +1,158 @@
+"""FingerMarks: fingerprint-based triggers carrying a multi-bit user ID (the method of seeds/fingermarks.txt)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from fingermarks.context import RunContext
+from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule
+from fingermarks.fingerprint import conferrable_penalty, fingermarks_loss, optimise_inputs, target_margin
+from fingermarks.key import Key, check_host, host_fingerprint
+from fingermarks.methods.base import WatermarkMethod, frozen, sample_sources
+from fingermarks.metrics import accuracy, predict_labels
+from fingermarks.stats import match_threshold, null_rate
+
+# Seeds of the owner's own independent models: far from the seeds of host and evaluation runs.
+REFERENCE_SEED = 10_000
+NULL_SEED = 20_000
+
+
+class FingerMarks(WatermarkMethod):
+    """Keygen: n triggers, each a training image x (label i) moved so the host answers j
+    (its least likely label) with margin k while i is pushed down; bit 0 -> i, bit 1 -> j.
+    Embed: Algorithm 1 (dynamic ratio + DeepFool neighbours + growing clean fraction).
+
+    `references`: architectures of independently trained models the owner uses to keep
+    the triggers host-specific: their probability of answering i or j is penalised with
+    weight `generation.conferrable` and candidates they still match are dropped first.
+    `decision.null_models` further independent models (other seeds) estimate the chance
+    match rate of an unrelated model, from which the ownership threshold is set.
+    """
+
+    name = "fingermarks"
+
+    def __init__(self, n_triggers: int, generation: DictConfig, encoding: DictConfig, references: list, decision: DictConfig,
+                 ids: DictConfig, embedding: DictConfig) -> None:
+        self.n = n_triggers
+        self.gen, self.encoding, self.decision, self.ids, self.emb = generation, encoding, decision, ids, embedding
+        self.references = list(references)
+
+    # -- keygen ---------------------------------------------------------------------
+    def _independent(self, ctx: RunContext, archs: list, base_seed: int, seed: int, role: str) -> list[nn.Module]:
+        archs = [OmegaConf.create(a) if isinstance(a, dict) else a for a in archs]
+        return [frozen(ctx.train_classifier(a, base_seed + 100 * seed + r, f"{role}{r}")[0]) for r, a in enumerate(archs)]
+
+    def generate(self, host: nn.Module, ctx: RunContext, references: list[nn.Module], generator: torch.Generator) -> tuple[dict, dict]:
+        """Batched fingerprint generation from oversampled candidates; keep the n most host-specific."""
+        g = self.gen
+        host = frozen(copy.deepcopy(host))
+        x0, i = sample_sources(host, ctx.datamodule, self.n * g.oversample, generator)
+        with torch.no_grad():
+            logits0 = host(x0)
+        j = logits0.argmin(1) if g.target == "least_likely" else _random_other(i, logits0.shape[1], generator)
+
+        def objective(x: torch.Tensor):
+            logits = host(x)
+            loss = fingermarks_loss(logits, i, j, g.k, g.lam)
+            done = target_margin(logits, j) >= g.k
+            if references:
+                penalty = conferrable_penalty(references, x, i, j)
+                loss = loss + g.conferrable * penalty
+                done = done & (penalty < g.penalty_done)
+            return loss, done
+
+        result = optimise_inputs(x0, objective, steps=g.steps, lr=g.lr, input_range=tuple(ctx.datamodule.input_range),
+                                 eps=g.eps, norm=g.norm)
+        x = result.images
+        host_ok = predict_labels(host, x) == j
+        ref_matches = torch.zeros(len(x), dtype=torch.long)
+        for ref in references:
+            pred = predict_labels(ref, x)
+            ref_matches += ((pred == i) | (pred == j)).long()
+        dist = (x - x0).flatten(1).abs().amax(1)
+        # host answers j first, then fewest reference matches, then smallest perturbation
+        rank = (~host_ok).long() * 10**6 + ref_matches * 10**3 + (dist * 100).long()
+        keep = torch.argsort(rank, stable=True)[: self.n]
+        report = {
+            "candidates": len(x), "reached": int(result.reached.sum()), "host_answers_j": int(host_ok.sum()),
+            "selected_host_answers_j": int(host_ok[keep].sum()),
+            "selected_reference_match_rate": float(ref_matches[keep].float().mean() / max(len(references), 1)),
+            "linf_mean": float(dist[keep].mean()), "linf_max": float(dist[keep].max()),
+            "steps": result.steps, "seconds": result.seconds,
+        }
+        return {"triggers": x[keep], "i": i[keep], "j": j[keep]}, report
+
+    def calibrate(self, triggers: torch.Tensor, pairs: torch.Tensor, null_models: list[nn.Module], num_classes: int) -> dict[str, Any]:
+        """Ownership test: Binomial(n, q) null, q from held-out independent models, threshold at `alpha`."""
+        n = len(triggers)
+        matches = 0
+        for m in null_models:
+            pred = predict_labels(m, triggers)
+            matches += int(((pred == pairs[:, 0]) | (pred == pairs[:, 1])).sum())
+        floor = 2.0 / num_classes
+        q = null_rate(matches, n * len(null_models), floor)
+        alpha = float(self.decision.alpha)
+        k = match_threshold(n, q, alpha)
+        how = (f"Binomial(n={n}, q={q:.3f}) null; q from {len(null_models)} held-out independent models "
+               f"({matches}/{n * len(null_models)} matches, Laplace-smoothed, floor 2/m={floor:.2f}); "
+               f"threshold = smallest count with P[X>=count] <= alpha={alpha:g}")
+        return {"match": "pair", "null_rate": q, "alpha": alpha, "threshold_count": k, "how": how,
+                "null_matches": matches, "null_models": len(null_models),
+                "min_margin": int(self.decision.min_margin), "trace_alpha": float(self.decision.trace_alpha)}
+
+    def keygen(self, host: nn.Module, ctx: RunContext, users: list[str], seed: int) -> Key:
+        generator = torch.Generator().manual_seed(seed)
+        references = self._independent(ctx, self.references, REFERENCE_SEED, seed, "reference")
+        fp, report = self.generate(host, ctx, references, generator)
+        pairs = torch.stack([fp["i"], fp["j"]], 1)
+        nulls = self._independent(ctx, [ctx.model_cfg] * int(self.decision.null_models), NULL_SEED, seed, "null")
+        decision = self.calibrate(fp["triggers"], pairs, nulls, ctx.datamodule.num_classes)
+        swap = torch.rand(self.n, generator=generator) < 0.5 if self.encoding.keyed_swap else torch.zeros(self.n, dtype=torch.bool)
+        dm = ctx.datamodule
+        key = Key(
+            method=self.name, triggers=fp["triggers"], pairs=pairs, swap=swap, host_sha256=host_fingerprint(host),
+            data={"name": dm.name, "num_classes": dm.num_classes, "input_shape": list(dm.input_shape)},
+            decision=decision, config={"seed": seed}, report={"generation": report},
+        )
+        key.add_users(list(users), generator, int(self.ids.min_distance))
+        key.report["min_distance"] = key.min_distance
+        return key
+
+    # -- embed ----------------------------------------------------------------------
+    def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+        check_host(key, host)
+        e = self.emb
+        L.seed_everything(seed, workers=True)
+        model = copy.deepcopy(host)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        targets = key.target_labels(key.users[user])
+        ratio = DynamicRatio(key.triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
+                             done_prob=e.done_prob, adversarial=e.adversarial, input_range=tuple(ctx.datamodule.input_range))
+        data = EmbeddingData(ctx.datamodule, ratio, seed=seed, batch_size=e.batch_size, trigger_repeat=e.trigger_repeat)
+        from hydra.utils import instantiate
+
+        module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer))
+        trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[ratio], reload_dataloaders_every_n_epochs=1,
+                                      logger=ctx.logger_factory(f"embed_{user}") or False)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        seconds = time.perf_counter() - start
+        model.eval()
+        final = ratio.history[-1]
+        return model, {
+            "embed_seconds": seconds, "embed_epochs": len(ratio.history) - 1, "all_matched": final["matched"] == key.n,
+            "clean_acc": accuracy(model, ctx.datamodule.test_set), "history": ratio.history,
+        }
+
+
+def _random_other(i: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
+    shift = torch.randint(1, m, (len(i),), generator=generator)
+    return (i + shift) % m

@@ -1,0 +1,141 @@
+"""The chain a run follows: host -> key -> per-user embedding -> distributed models -> verification.
+
+`train.py` composes the config and calls `run`; each arrow is one function here.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fingermarks.context import RunContext
+from fingermarks.errors import ConfigError, KeyFileError
+from fingermarks.files import save_json
+from fingermarks.key import Key, load_key, save_key
+from fingermarks.loggers import finish, logger_factory
+from fingermarks.methods.base import WatermarkMethod
+from fingermarks.model_io import export_onnx, read_model_file, save_model
+from fingermarks.suspects import open_suspect
+from fingermarks.training.fit import load_classifier
+from fingermarks.verification import Report, verify_suspect
+
+log = logging.getLogger(__name__)
+
+HOST_SEED_NOTE = "the host is trained with `seed`; reference, null and evaluation models use seeds far from it"
+
+
+def user_names(users: Any) -> list[str]:
+    """`users=4` -> user1..user4; `users=[alice,bob]` -> those names."""
+    if isinstance(users, int):
+        if users < 0:
+            raise ConfigError(f"users must be >= 0, got {users}")
+        return [f"user{u + 1}" for u in range(users)]
+    if isinstance(users, (list, tuple, ListConfig)):
+        names = [str(u) for u in users]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"user names must be unique: {names}")
+        return names
+    raise ConfigError(f"users must be a count or a list of names, got {users!r}")
+
+
+def make_context(cfg: DictConfig, output_dir: Path) -> RunContext:
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    return RunContext(
+        datamodule=datamodule, data_cfg=cfg.data, model_cfg=cfg.model, recipe=cfg.host.recipe,
+        trainer_factory=instantiate(cfg.trainer), output_dir=output_dir,
+        cache_dir=Path(cfg.cache_dir) if cfg.get("cache_dir") else None,
+        logger_factory=logger_factory(cfg.get("logger")),
+    )
+
+
+def obtain_host(cfg: DictConfig, ctx: RunContext) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The host model: a given file (checked against the data), else trained once and cached."""
+    target = ctx.output_dir / "host.ckpt"
+    if cfg.host.ckpt:
+        model = load_classifier(cfg.host.ckpt, ctx.datamodule)
+        info = dict(read_model_file(cfg.host.ckpt)["meta"], source=str(cfg.host.ckpt))
+        save_model(model, target, info)
+        return model, info
+    model, info = ctx.train_classifier(cfg.model, int(cfg.seed), "host")
+    save_model(model, target, info)
+    return model, info
+
+
+def obtain_key(cfg: DictConfig, method: WatermarkMethod, host, ctx: RunContext, users: list[str]) -> Key:
+    path = ctx.output_dir / "key.pt"
+    if path.exists() and not cfg.overwrite_key:
+        raise KeyFileError(f"{path} exists; refusing to overwrite a key (set overwrite_key=true, or use another hydra.run.dir)")
+    key = method.keygen(host, ctx, users if method.embeds else [], int(cfg.seed))
+    key.config.update(method=OmegaConf.to_container(cfg.method, resolve=True), data=cfg.data._target_)
+    save_key(key, path, overwrite=bool(cfg.overwrite_key))
+    return key
+
+
+def distribute(method: WatermarkMethod, host, key: Key, ctx: RunContext, seed: int) -> dict[str, dict[str, Any]]:
+    """Embed every user and write users/<name>/model.ckpt and model.onnx (no key material inside)."""
+    results = {}
+    shape = list(ctx.datamodule.input_shape)
+    for index, user in enumerate(key.users):
+        model, info = method.embed(host, key, user, ctx, seed=seed * 1000 + index + 1)
+        folder = ctx.output_dir / "users" / user
+        save_model(model, folder / "model.ckpt", {"clean_acc": info["clean_acc"]})
+        export_onnx(model, folder / "model.onnx", shape)
+        results[user] = info
+    return results
+
+
+def verify_all(key: Key, ctx: RunContext, users: list[str]) -> dict[str, Report]:
+    """Verify every user's ONNX model (the file an edge device runs) and the host itself."""
+    reports = {u: verify_suspect(key, open_suspect(ctx.output_dir / "users" / u / "model.onnx"), expected_user=u) for u in users}
+    reports["host"] = verify_suspect(key, open_suspect(ctx.output_dir / "host.ckpt"))
+    return reports
+
+
+def summary_table(host_info: dict, embed: dict[str, dict], reports: dict[str, Report]) -> str:
+    rows = [f"{'model':<10} {'clean_acc':>9} {'acc_drop':>8} {'embed_s':>8} {'epochs':>6} {'match':>6} {'bit_acc':>7} {'owned':>6} {'traced':>8} {'ham':>4} {'margin':>6}"]
+    for name, rep in reports.items():
+        info = embed.get(name, {})
+        acc = info.get("clean_acc", host_info["clean_acc"])
+        drop = 100 * (host_info["clean_acc"] - acc)
+        rows.append(
+            f"{name:<10} {acc:>9.4f} {drop:>8.2f} {info.get('embed_seconds', 0):>8.1f} {info.get('embed_epochs', 0):>6} "
+            f"{rep.match_rate:>6.3f} {'' if rep.bit_acc is None else f'{rep.bit_acc:.3f}':>7} {str(rep.owned):>6} "
+            f"{str(rep.traced_user):>8} {'' if rep.hamming is None else rep.hamming:>4} {'' if rep.margin is None else rep.margin:>6}"
+        )
+    return "\n".join(rows)
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Run the configured chain in `output_dir` and return (and write) its summary."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    users = user_names(cfg.users)
+    ctx = make_context(cfg, output_dir)
+    method: WatermarkMethod = instantiate(cfg.method)
+    host, host_info = obtain_host(cfg, ctx)
+    key = obtain_key(cfg, method, host, ctx, users)
+    embed = distribute(method, host, key, ctx, int(cfg.seed)) if method.embeds else {}
+    reports = verify_all(key, ctx, list(key.users))
+    finish()
+    summary = {
+        "method": key.method,
+        "data": ctx.datamodule.name,
+        "host": {k: host_info.get(k) for k in ("clean_acc", "train_seconds", "epochs", "seed", "cached")},
+        "key": {"n_triggers": key.n, "min_distance": key.min_distance, "decision": key.decision, "generation": key.report.get("generation")},
+        "users": {u: {"clean_acc": i["clean_acc"], "acc_drop": 100 * (host_info["clean_acc"] - i["clean_acc"]),
+                      "embed_seconds": i["embed_seconds"], "embed_epochs": i["embed_epochs"], "history": i["history"]}
+                  for u, i in embed.items()},
+        "verification": {name: rep.to_dict() for name, rep in reports.items()},
+        "trained": ctx.trained,
+    }
+    save_json(summary, output_dir / "summary.json")
+    print(summary_table(host_info, embed, reports))
+    print(f"run directory: {output_dir}")
+    return summary

@@ -1,0 +1,23 @@
+"""Train: host -> key -> per-user watermark embedding -> distributed models -> verification.
+
+    python train.py                              # mnist5k + small CNN + FingerMarks, 4 users, on CPU
+    python train.py data=digits users=[alice,bob] seed=3
+    python train.py -m seed=1,2                  # a Hydra multirun (hydra/launcher=submitit_local|slurm)
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fingermarks.errors import one_line_errors
+from fingermarks.pipeline import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
