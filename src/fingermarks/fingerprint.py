@@ -111,6 +111,8 @@ def optimise_inputs(
         newly = done & ~reached
         final[newly] = x.detach()[newly]
         reached |= done.detach()
+        # images still searching keep their latest checked state (the one `reached` speaks for)
+        final[~reached] = x.detach()[~reached]
         if bool(reached.all()):
             break
         opt.zero_grad(set_to_none=True)
@@ -119,7 +121,4 @@ def optimise_inputs(
         opt.step()
         with torch.no_grad():
             delta.copy_(project(delta, eps, norm))
-    with torch.no_grad():
-        still = ~reached
-        final[still] = (x0 + delta).clamp(lo, hi)[still]
     return Optimised(final.detach(), reached.cpu(), step, time.perf_counter() - start)

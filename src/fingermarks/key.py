@@ -89,9 +89,10 @@ class Key:
 
     def add_users(self, names: list[str], generator: torch.Generator, min_distance: int) -> int:
         """Register new users (old IDs are kept); return the minimum distance achieved overall."""
-        clash = [n for n in names if n in self.users]
+        # a name given twice would otherwise draw two IDs and silently keep the second
+        clash = [n for k, n in enumerate(names) if n in self.users or n in names[:k]]
         if clash:
-            raise KeyFileError(f"users already registered in this key: {', '.join(clash)}")
+            raise KeyFileError(f"users already registered in this key or named twice: {', '.join(clash)}")
         existing = torch.stack(list(self.users.values())) if self.users else None
         new = draw_ids(len(names), self.n, min_distance, generator, existing=existing, reserved=self.reserved_words())
         self.users.update({name: row.long() for name, row in zip(names, new)})

@@ -78,12 +78,15 @@ class HttpSuspect:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # reached, but it refused the query
+            raise SuspectError(f"endpoint {self.url} answered HTTP {exc.code}: {exc.reason}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             raise SuspectError(f"endpoint {self.url} unreachable: {getattr(exc, 'reason', exc)}") from None
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or a body that is not even UTF-8 text
             raise SuspectError(f"endpoint {self.url} did not answer JSON") from None
         labels = answer.get("labels") if isinstance(answer, dict) else None
-        if not isinstance(labels, list) or len(labels) != len(x):
+        if (not isinstance(labels, list) or len(labels) != len(x)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)):
             raise SuspectError(f"endpoint {self.url} must answer {{\"labels\": [{len(x)} ints]}}")
         return torch.tensor(labels, dtype=torch.long)
 

@@ -55,6 +55,9 @@ class EmbeddingData(L.LightningDataModule):
         self.base, self.ratio = datamodule, ratio
         self.seed, self.batch_size, self.trigger_repeat = seed, batch_size, trigger_repeat
 
+    def setup(self, stage: str | None = None) -> None:
+        self.base.setup(stage)  # idempotent; a base not yet set up has no train/val sets to draw from
+
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)

@@ -130,7 +130,7 @@ class FingerMarks(WatermarkMethod):
         check_host(key, host)
         e = self.emb
         L.seed_everything(seed, workers=True)
-        model = copy.deepcopy(host)
+        model = copy.deepcopy(host).train()
         for p in model.parameters():
             p.requires_grad_(True)
         targets = key.target_labels(key.users[user])

@@ -1,0 +1,66 @@
+"""Model extraction (beyond the paper): a fresh student trained only on the victim's top-1 labels
+for the attacker's images; axis: student epochs (cumulative)."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from fingermarks.attacks.base import Attack, AttackerData, train_with_snapshots
+from fingermarks.attacks.finetune import FineTuneModule, OptimizerFactory, default_optimizer
+from fingermarks.context import RunContext
+from fingermarks.metrics import predict_labels
+from fingermarks.models import build_model
+from fingermarks.suspects import ModuleSuspect
+
+
+def images_of(dataset: Dataset) -> torch.Tensor:
+    """All images of a dataset as one batch, without augmentation where the dataset can say so."""
+    if hasattr(dataset, "tensors"):
+        return dataset.tensors()[0]
+    return torch.cat([x for x, _ in DataLoader(dataset, batch_size=512)])
+
+
+class Distill(Attack):
+    """`student`: None for the victim's own architecture, freshly initialised; or a partial model
+    constructor (Hydra `_partial_: true`) completed with the data's class count, input shape and
+    normalisation. The victim answers each attacker image once, with its top-1 label only."""
+
+    name = "distill"
+    axis = "epochs"
+
+    def __init__(
+        self,
+        strengths: Sequence[int],
+        student: Callable[..., nn.Module] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        batch_size: int = 64,
+        **common,
+    ) -> None:
+        super().__init__(strengths, **common)
+        if min(self.strengths) < 0:
+            raise ValueError(f"distill: epochs must be >= 0, got {self.strengths}")
+        self.student, self.batch_size = student, batch_size
+        self.optimizer = optimizer or default_optimizer()
+
+    def make_student(self, victim: nn.Module, ctx: RunContext) -> nn.Module:
+        if self.student is None:
+            return build_model(victim.arch_name, **victim.arch_kwargs)
+        dm = ctx.datamodule
+        return self.student(num_classes=dm.num_classes, input_shape=list(dm.input_shape), mean=list(dm.mean), std=list(dm.std))
+
+    def run(self, model: nn.Module, data: AttackerData, ctx: RunContext) -> Iterator[tuple[float, ModuleSuspect]]:
+        L.seed_everything(self.seed, workers=True)
+        x = images_of(data.train)
+        y = predict_labels(model, x)
+        student = self.make_student(model, ctx)
+        loader = DataLoader(TensorDataset(x, y), batch_size=self.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(self.seed))
+        models = train_with_snapshots(FineTuneModule(student, self.optimizer), loader, ctx, f"attack_{self.name}",
+                                      [int(s) for s in self.strengths])
+        for strength in self.strengths:
+            yield strength, ModuleSuspect(models[int(strength)], self.suspect_name(strength))

@@ -1,0 +1,89 @@
+"""Config composition: every group composes and instantiates what it names."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import CONF, compose_cfg
+
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def test_groups_are_complete():
+    assert DATA == ["cifar10", "cifar100", "digits", "imagenet", "mnist5k"]
+    assert MODELS == ["googlenet", "resnet18", "resnet34", "small_cnn", "vgg11"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config_builds_for_the_data(model, tmp_path):
+    from fingermarks.training.fit import build_classifier
+    from fingermarks.data import DigitsDataModule
+
+    cfg = compose_cfg([f"model={model}"], tmp_path)
+    dm = DigitsDataModule()
+    net = build_classifier(cfg.model, dm)
+    assert net.num_classes == 10 and tuple(net.input_shape) == (1, 8, 8)
+
+
+@pytest.mark.parametrize("data", DATA)
+def test_every_data_config_composes(data, tmp_path):
+    cfg = compose_cfg([f"data={data}"], tmp_path)
+    assert cfg.data._target_.startswith("fingermarks.data.")
+
+
+def test_default_config_is_the_embedded_chain(tmp_path):
+    cfg = compose_cfg([], tmp_path)
+    assert cfg.data._target_.endswith("MNIST5kDataModule") and cfg.model._target_.endswith("SmallCNN")
+    assert cfg.method._target_ == "fingermarks.methods.FingerMarks" and cfg.users == 4
+    assert cfg.trainer.accelerator == "cpu" and cfg.logger is None
+
+
+@pytest.mark.parametrize("trainer,accelerator,devices", [("cpu", "cpu", 1), ("gpu", "gpu", 1), ("ddp", "gpu", 2)])
+def test_trainer_configs(trainer, accelerator, devices, tmp_path):
+    cfg = compose_cfg([f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer.accelerator == accelerator and cfg.trainer.devices == devices
+    if trainer == "ddp":
+        assert cfg.trainer.strategy == "ddp"
+        assert compose_cfg(["trainer=ddp", "trainer.devices=4"], tmp_path).trainer.devices == 4
+    if trainer == "cpu":
+        factory = instantiate(cfg.trainer)
+        t = factory(max_epochs=1, logger=False, enable_progress_bar=False)
+        assert t.max_epochs == 1 and t.default_root_dir == str(tmp_path)
+
+
+def test_csv_and_wandb_loggers_instantiate_offline(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from fingermarks.loggers import finish, logger_factory
+
+    csv = logger_factory(compose_cfg(["logger=csv"], tmp_path).logger)("host")
+    assert isinstance(csv, CSVLogger) and csv.save_dir == str(tmp_path)
+    cfg = compose_cfg(["logger=wandb"], tmp_path)
+    assert cfg.logger.mode == "offline"
+    wandb_logger = logger_factory(cfg.logger)("host")
+    assert isinstance(wandb_logger, WandbLogger)
+    finish()
+    assert compose_cfg(["logger=wandb_online"], tmp_path).logger.mode == "online"
+
+
+def test_slurm_launcher_composes_with_overridable_keys(tmp_path):
+    cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=a100", "hydra.launcher.gpus_per_node=4",
+                       "hydra.launcher.timeout_min=60"], tmp_path)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("a100", 4, 60)
+    assert launcher.tasks_per_node == 4  # one task per GPU: SLURM starts the ranks
+
+
+def test_users_count_or_names():
+    from fingermarks.errors import ConfigError
+    from fingermarks.pipeline import user_names
+
+    assert user_names(3) == ["user1", "user2", "user3"]
+    assert user_names(["alice", "bob"]) == ["alice", "bob"]
+    with pytest.raises(ConfigError):
+        user_names(["a", "a"])
+    with pytest.raises(ConfigError):
+        user_names("alice")

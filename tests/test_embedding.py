@@ -1,0 +1,267 @@
+"""Tests for fingermarks.embedding: DeepFool, the dynamic-ratio callback, the epoch data and a short real fit."""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fingermarks.data import DigitsDataModule
+from fingermarks.data.digits import load_digits_tensors
+from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule, deepfool
+from fingermarks.models import SmallCNN
+
+torch.set_num_threads(1)
+
+# -- DeepFool ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def trained_mlp() -> nn.Module:
+    x, y = load_digits_tensors()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:1200]), y[:1200]).backward()
+        opt.step()
+    return model
+
+
+def test_deepfool_changes_labels_with_a_small_step() -> None:
+    model = trained_mlp().train()
+    x = load_digits_tensors()[0][1200:1264]
+    before = model(x).argmax(1)
+    adv = deepfool(model, x)
+    assert model.training  # the caller's mode is restored
+    assert adv.shape == x.shape and not adv.requires_grad
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    after = model(adv).argmax(1)
+    assert float((after != before).float().mean()) >= 0.9
+    # the step is small: random directions of the same length change (almost) no label
+    step = (adv - x).flatten(1).norm(dim=1)
+    assert float(step.mean()) < 0.5 * float(x.flatten(1).norm(dim=1).mean())
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    noise = noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * step.view(-1, 1, 1, 1)
+    assert float((model((x + noise).clamp(0, 1)).argmax(1) != before).float().mean()) <= 0.2
+
+
+# -- DynamicRatio on a hand-set linear model --------------------------------------------
+
+N_TRIGGERS = 6
+TARGETS = torch.tensor([3, 5, 1, 2, 7, 0])
+
+
+def triggers() -> torch.Tensor:
+    """Trigger t is the one-hot image of pixel t, so column t of a linear layer is its logits."""
+    return torch.eye(64)[:N_TRIGGERS].view(N_TRIGGERS, 1, 8, 8)
+
+
+def table_model(target_logit: list[float]) -> nn.Module:
+    """Logits of trigger t: `target_logit[t]` on its target, 1.0 on class (target + 1) % 10, 0 elsewhere."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10, bias=False))
+    with torch.no_grad():
+        w = model[1].weight
+        w.zero_()
+        for t, (target, value) in enumerate(zip(TARGETS.tolist(), target_logit)):
+            w[target, t] = value
+            w[(target + 1) % 10, t] = 1.0
+    return model
+
+
+def set_target_logit(model: nn.Module, t: int, value: float) -> None:
+    with torch.no_grad():
+        model[1].weight[TARGETS[t], t] = value
+
+
+MATCHED, WEAK, MISSED = 10.0, 1.2, -1.0  # target prob ~1, matched with prob ~0.13, not top-1
+
+
+class Stubs:
+    """A trainer and a LightningModule reduced to what the callback reads and writes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.logged: dict[str, float] = {}
+        self.trainer = SimpleNamespace(current_epoch=0, should_stop=False, callback_metrics={})
+        self.module = SimpleNamespace(model=model, device=torch.device("cpu"), log_dict=self.logged.update)
+
+    def fit_start(self, ratio: DynamicRatio) -> None:
+        ratio.on_fit_start(self.trainer, self.module)
+
+    def epoch_end(self, ratio: DynamicRatio, epoch: int) -> dict:
+        self.trainer.current_epoch = epoch
+        ratio.on_train_epoch_end(self.trainer, self.module)
+        return ratio.history[-1]
+
+
+def ratio_for(**kwargs) -> DynamicRatio:
+    return DynamicRatio(triggers(), TARGETS, **{"adversarial": False, "readmit_prob": 0.5, **kwargs})
+
+
+def test_fit_start_leaves_out_matched_triggers_and_readmits_weak_ones() -> None:
+    model = table_model([MATCHED, WEAK, MISSED, MISSED, MATCHED, MISSED])
+    ratio, stubs = ratio_for(), Stubs(model)
+    stubs.fit_start(ratio)
+    # trigger 1 gives its target, but with a probability under readmit_prob: it is trained on
+    assert ratio.active.tolist() == [False, True, True, True, False, True]
+    row = ratio.history[0]
+    assert (row["epoch"], row["p"], row["matched"], row["active"], row["done"]) == (0, 0.0, 3, 4, False)
+    assert row["min_target_prob"] < 0.1  # the missed triggers
+    assert len(ratio.history) == 1
+    x, y = ratio.trigger_batch()
+    assert torch.equal(x, triggers()[ratio.active]) and torch.equal(y, TARGETS[ratio.active])
+    assert not stubs.trainer.should_stop
+
+
+def test_a_matched_trigger_rejoins_when_its_target_probability_falls() -> None:
+    model = table_model([MATCHED, MATCHED, MISSED, MATCHED, MATCHED, MATCHED])
+    ratio, stubs = ratio_for(), Stubs(model)
+    stubs.fit_start(ratio)
+    assert ratio.active.tolist() == [False, False, True, False, False, False]
+    set_target_logit(model, 0, WEAK)  # still top-1, but its probability fell below readmit_prob
+    set_target_logit(model, 2, MATCHED)  # learned: leaves the training set
+    row = stubs.epoch_end(ratio, 0)
+    assert ratio.active.tolist() == [True, False, False, False, False, False]
+    assert row["matched"] == N_TRIGGERS and row["active"] == 1 and not row["done"]
+    set_target_logit(model, 0, MATCHED)
+    stubs.epoch_end(ratio, 1)
+    assert not bool(ratio.active.any())
+    assert ratio.trigger_batch()[0].shape == (0, 1, 8, 8)
+
+
+def test_p_grows_by_dp_up_to_p_max() -> None:
+    ratio, stubs = ratio_for(p0=0.1, dp=0.15, p_max=0.5), Stubs(table_model([MISSED] * N_TRIGGERS))
+    stubs.fit_start(ratio)
+    used = [stubs.epoch_end(ratio, e)["p"] for e in range(5)]
+    assert used == pytest.approx([0.1, 0.25, 0.4, 0.5, 0.5])
+    assert ratio.p == pytest.approx(0.5)
+    assert [row["epoch"] for row in ratio.history] == [0, 1, 2, 3, 4, 5]
+    assert stubs.logged["embed/p"] == pytest.approx(0.5) and stubs.logged["embed/active"] == N_TRIGGERS
+    with pytest.raises(ValueError, match="p0"):
+        DynamicRatio(triggers(), TARGETS, p0=0.6, p_max=0.5)
+
+
+def test_done_once_every_trigger_matches_with_done_prob() -> None:
+    model = table_model([MATCHED] * (N_TRIGGERS - 1) + [WEAK])
+    ratio, stubs = ratio_for(done_prob=0.6), Stubs(model)
+    stubs.fit_start(ratio)
+    assert ratio.history[-1]["matched"] == N_TRIGGERS and not ratio.history[-1]["done"]
+    assert not stubs.trainer.should_stop
+    set_target_logit(model, N_TRIGGERS - 1, MATCHED)
+    assert stubs.epoch_end(ratio, 0)["done"] and stubs.trainer.should_stop
+    already = Stubs(model)
+    ratio_for(done_prob=0.6).on_fit_start(already.trainer, already.module)
+    assert already.trainer.should_stop  # nothing to embed: stop before the first epoch
+
+
+def test_adversarial_neighbours_join_the_active_triggers() -> None:
+    model = table_model([MATCHED, MISSED, MATCHED, MISSED, MISSED, MATCHED])
+    ratio, stubs = ratio_for(adversarial=True), Stubs(model)
+    stubs.fit_start(ratio)
+    active = ratio.active
+    assert active.tolist() == [False, True, False, True, True, False]
+    assert ratio.neighbours.shape == (3, 1, 8, 8)
+    assert torch.equal(ratio.neighbour_targets, TARGETS[active])
+    assert not torch.equal(ratio.neighbours, triggers()[active])  # moved across a boundary
+    x, y = ratio.trigger_batch()
+    assert len(x) == 6 and torch.equal(y, TARGETS[active].repeat(2))
+
+
+def test_state_dict_round_trip() -> None:
+    ratio, stubs = ratio_for(adversarial=True), Stubs(table_model([MATCHED, MISSED, WEAK, MISSED, MATCHED, MISSED]))
+    stubs.fit_start(ratio)
+    stubs.epoch_end(ratio, 0)
+    state = ratio.state_dict()
+    fresh = ratio_for(adversarial=True)
+    fresh.load_state_dict(state)
+    assert fresh.p == ratio.p != fresh.p0
+    assert torch.equal(fresh.active, ratio.active)
+    assert torch.equal(fresh.neighbours, ratio.neighbours) and len(fresh.neighbours) == int(ratio.active.sum())
+    assert torch.equal(fresh.neighbour_targets, ratio.neighbour_targets)
+    assert fresh.history == ratio.history
+    for a, b in zip(fresh.trigger_batch(), ratio.trigger_batch()):
+        assert torch.equal(a, b)
+
+
+# -- EmbeddingData and a short real fit on digits ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits() -> DigitsDataModule:
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=256)
+    dm.setup()
+    return dm
+
+
+def test_epoch_data_reflects_p_and_the_active_triggers(digits: DigitsDataModule) -> None:
+    ratio = ratio_for(p0=0.1, adversarial=True)
+    Stubs(table_model([MATCHED, MISSED, WEAK, MISSED, MATCHED, MISSED])).fit_start(ratio)
+    active = int(ratio.active.sum())
+    assert active == 4 and len(ratio.neighbours) == active
+    data = EmbeddingData(digits, ratio, seed=0, batch_size=32, trigger_repeat=3)
+    n_train = len(digits.train_set)
+    loader = data.train_dataloader()
+    assert len(loader.dataset) == round(0.1 * n_train) + 3 * 2 * active
+    assert loader.batch_size == 32
+    labels = [loader.dataset[k][1] for k in range(len(loader.dataset))]
+    trigger_part = torch.stack(labels[round(0.1 * n_train):])
+    assert torch.equal(trigger_part, TARGETS[ratio.active].repeat(2).repeat(3))
+    ratio.p, ratio.active[:] = 0.3, True
+    ratio.neighbours, ratio.neighbour_targets = ratio.neighbours[:0], ratio.neighbour_targets[:0]
+    assert len(data.train_dataloader().dataset) == round(0.3 * n_train) + 3 * N_TRIGGERS
+
+
+def test_epoch_data_is_reproducible_per_seed(digits: DigitsDataModule) -> None:
+    ratio = ratio_for(p0=0.05)
+
+    def first_images(seed: int) -> torch.Tensor:
+        dataset = EmbeddingData(digits, ratio, seed=seed).train_dataloader().dataset
+        return torch.stack([dataset[k][0] for k in range(10)])
+
+    assert torch.equal(first_images(3), first_images(3))
+    assert not torch.equal(first_images(3), first_images(4))
+
+
+class EpochSizes(L.Callback):
+    """Records the size of the training set Lightning actually iterates each epoch."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sizes.append(len(trainer.train_dataloader.dataset))
+
+
+def test_short_embedding_fit_on_digits() -> None:
+    L.seed_everything(0, workers=True)
+    digits = DigitsDataModule(batch_size=64, eval_batch_size=256)  # set up by the fit itself
+    model = SmallCNN(num_classes=10, input_shape=(1, 8, 8), width=4)
+    x, y = load_digits_tensors()
+    trig, targets = x[:8].clone(), (y[:8] + 1) % 10
+    ratio = DynamicRatio(trig, targets, p0=0.1, dp=0.1, p_max=0.25, readmit_prob=0.5, done_prob=0.99)
+    data = EmbeddingData(digits, ratio, seed=0, batch_size=64, trigger_repeat=2)
+    module = EmbeddingModule(model, 10, functools.partial(torch.optim.Adam, lr=3e-3))
+    sizes = EpochSizes()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, callbacks=[ratio, sizes], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    history = ratio.history
+    assert all({"epoch", "p", "matched", "active", "done"} <= set(row) for row in history)
+    assert [row["epoch"] for row in history] == list(range(len(history)))
+    assert history[0]["p"] == 0.0 and history[1]["p"] == pytest.approx(0.1)
+    for prev, row in zip(history[1:], history[2:]):
+        assert row["p"] == pytest.approx(min(prev["p"] + 0.1, 0.25))
+    assert len(history) == 4 or history[-1]["done"]  # three epochs unless every trigger matched earlier
+    assert all(0 <= row["matched"] <= 8 and "clean_acc" in row for row in history[1:])
+    # each epoch trained on the state decided at the end of the previous one (the reload works)
+    n_train = len(digits.train_set)
+    expected = [round(history[e + 1]["p"] * n_train) + 2 * 2 * history[e]["active"] for e in range(len(sizes.sizes))]
+    assert sizes.sizes == expected
+    assert trainer.callback_metrics["embed/p"] == pytest.approx(history[-1]["p"])
