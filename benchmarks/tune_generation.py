@@ -9,12 +9,12 @@ uniqueness population (never the owner's reference/null models); all models are 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
 
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from compose import compose_config
 from fingermarks.evaluation.uniqueness import independent_models
@@ -25,7 +25,7 @@ from fingermarks.verification import verify_suspect
 
 def main(settings: list[str]) -> None:
     out = tempfile.mkdtemp(prefix="tune-")
-    base = ["trainer.enable_progress_bar=false"]
+    base = ["trainer.enable_progress_bar=false", *os.environ.get("TUNE_BASE", "").split()]
     cfg = compose_config(base, out)
     ctx = make_context(cfg, __import__("pathlib").Path(out))
     host, host_info = obtain_host(cfg, ctx)

@@ -41,6 +41,19 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, write)
 
 
+def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """A tidy table (one dict per row, same keys) as CSV, atomically."""
+    import csv
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, write)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fingermarks.attacks.base import attacker_data
 from fingermarks.context import RunContext
+from fingermarks.evaluation.robustness import log_curves_wandb, robustness_curve, write_rows_csv
 from fingermarks.errors import ConfigError, KeyFileError
-from fingermarks.files import save_json
-from fingermarks.key import Key, load_key, save_key
+from fingermarks.evaluation.uniqueness import uniqueness
+from fingermarks.files import save_json, write_csv
+from fingermarks.key import Key, save_key
 from fingermarks.loggers import finish, logger_factory
 from fingermarks.methods.base import WatermarkMethod
 from fingermarks.model_io import export_onnx, read_model_file, save_model
@@ -72,30 +75,53 @@ def obtain_key(cfg: DictConfig, method: WatermarkMethod, host, ctx: RunContext, 
     path = ctx.output_dir / "key.pt"
     if path.exists() and not cfg.overwrite_key:
         raise KeyFileError(f"{path} exists; refusing to overwrite a key (set overwrite_key=true, or use another hydra.run.dir)")
+    start = time.perf_counter()
     key = method.keygen(host, ctx, users if method.embeds else [], int(cfg.seed))
+    key.report["keygen_seconds"] = time.perf_counter() - start
     key.config.update(method=OmegaConf.to_container(cfg.method, resolve=True), data=cfg.data._target_)
     save_key(key, path, overwrite=bool(cfg.overwrite_key))
     return key
 
 
-def distribute(method: WatermarkMethod, host, key: Key, ctx: RunContext, seed: int) -> dict[str, dict[str, Any]]:
-    """Embed every user and write users/<name>/model.ckpt and model.onnx (no key material inside)."""
-    results = {}
+def distribute(method: WatermarkMethod, host, key: Key, users: list[str], ctx: RunContext, seed: int):
+    """Embed each of `users` and write users/<name>/model.ckpt and model.onnx (no key material inside).
+
+    Returns {user: info} and {user: model}.
+    """
+    infos, models = {}, {}
     shape = list(ctx.datamodule.input_shape)
-    for index, user in enumerate(key.users):
+    for user in users:
+        index = list(key.users).index(user)
         model, info = method.embed(host, key, user, ctx, seed=seed * 1000 + index + 1)
         folder = ctx.output_dir / "users" / user
         save_model(model, folder / "model.ckpt", {"clean_acc": info["clean_acc"]})
         export_onnx(model, folder / "model.onnx", shape)
-        results[user] = info
-    return results
+        infos[user], models[user] = info, model
+    return infos, models
 
 
-def verify_all(key: Key, ctx: RunContext, users: list[str]) -> dict[str, Report]:
-    """Verify every user's ONNX model (the file an edge device runs) and the host itself."""
-    reports = {u: verify_suspect(key, open_suspect(ctx.output_dir / "users" / u / "model.onnx"), expected_user=u) for u in users}
-    reports["host"] = verify_suspect(key, open_suspect(ctx.output_dir / "host.ckpt"))
-    return reports
+def attack_stage(cfg: DictConfig, key: Key, victim, user: str | None, ctx: RunContext) -> list[dict[str, Any]]:
+    """Attack the victim (a user's distributed model, or the host for a fingerprint) along the
+    attack's strength axis; verify at every point; write robustness.csv (and wandb curves)."""
+    attack = instantiate(cfg.attack)
+    data = attacker_data(ctx.datamodule, attack.data_size, key.report.get("source_indices", []), seed=int(cfg.seed))
+    rows = robustness_curve(attack, victim, key, user, ctx, data)
+    write_rows_csv(rows, ctx.output_dir / "robustness.csv")
+    log_curves_wandb(rows, ctx.logger_factory(f"robustness_{attack.name}"))
+    return rows
+
+
+def verify_all(key: Key, ctx: RunContext, users: list[str]) -> tuple[dict[str, Report], float]:
+    """Verify every user's ONNX model (the file an edge device runs) and the host itself.
+
+    Returns the reports and the mean seconds one verification took (load + n queries + decision).
+    """
+    suspects = {u: (ctx.output_dir / "users" / u / "model.onnx", u) for u in users}
+    suspects["host"] = (ctx.output_dir / "host.ckpt", None)
+    reports, start = {}, time.perf_counter()
+    for name, (path, expected) in suspects.items():
+        reports[name] = verify_suspect(key, open_suspect(path), expected_user=expected)
+    return reports, (time.perf_counter() - start) / len(suspects)
 
 
 def summary_table(host_info: dict, embed: dict[str, dict], reports: dict[str, Report]) -> str:
@@ -121,21 +147,35 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     method: WatermarkMethod = instantiate(cfg.method)
     host, host_info = obtain_host(cfg, ctx)
     key = obtain_key(cfg, method, host, ctx, users)
-    embed = distribute(method, host, key, ctx, int(cfg.seed)) if method.embeds else {}
-    reports = verify_all(key, ctx, list(key.users))
+    # an attack run needs only the attacked user's model; the others stay registered in the key
+    victim_user = (cfg.attack_user or next(iter(key.users))) if key.users else None
+    to_embed = ([victim_user] if cfg.get("attack") else list(key.users)) if method.embeds else []
+    embed, models = distribute(method, host, key, to_embed, ctx, int(cfg.seed))
+    reports, verify_seconds = verify_all(key, ctx, to_embed)
+    robustness = attack_stage(cfg, key, models.get(victim_user, host), victim_user if method.embeds else None, ctx) if cfg.get("attack") else None
+    unique = uniqueness(key, ctx, cfg.uniqueness, int(cfg.seed)) if cfg.uniqueness.enabled else None
+    if unique is not None:
+        write_csv(unique["rows"], output_dir / "uniqueness.csv")
     finish()
     summary = {
         "method": key.method,
         "data": ctx.datamodule.name,
         "host": {k: host_info.get(k) for k in ("clean_acc", "train_seconds", "epochs", "seed", "cached")},
-        "key": {"n_triggers": key.n, "min_distance": key.min_distance, "decision": key.decision, "generation": key.report.get("generation")},
+        "key": {"n_triggers": key.n, "min_distance": key.min_distance, "decision": key.decision,
+                "keygen_seconds": key.report["keygen_seconds"], "generation": key.report.get("generation")},
+        "verify_seconds": verify_seconds,
         "users": {u: {"clean_acc": i["clean_acc"], "acc_drop": 100 * (host_info["clean_acc"] - i["clean_acc"]),
                       "embed_seconds": i["embed_seconds"], "embed_epochs": i["embed_epochs"], "history": i["history"]}
                   for u, i in embed.items()},
         "verification": {name: rep.to_dict() for name, rep in reports.items()},
+        "uniqueness": unique,
+        "robustness": robustness,
         "trained": ctx.trained,
     }
     save_json(summary, output_dir / "summary.json")
     print(summary_table(host_info, embed, reports))
+    if unique is not None:
+        print(f"independent models: {len(unique['rows'])}, owned {unique['owned']}, match rate mean "
+              f"{unique['mean_match_rate']:.3f} max {unique['max_match_rate']:.3f} (threshold {unique['threshold']:.3f})")
     print(f"run directory: {output_dir}")
     return summary

@@ -71,7 +71,8 @@ def ownership(key: Key, matched: torch.Tensor) -> dict[str, Any]:
         n_queries=n,
         threshold=d["threshold_count"] / n,
         threshold_how=d["how"],
-        p_value=binom_sf(count, n, d["null_rate"]),
+        # "id" keys test agreement with the nearest of several IDs: a union bound over them
+        p_value=min(1.0, d.get("candidates", 1) * binom_sf(count, n, d["null_rate"])),
         null_rate=d["null_rate"],
         alpha=d["alpha"],
     )
@@ -118,6 +119,9 @@ def matched_mask(key: Key, labels: torch.Tensor) -> torch.Tensor:
         return (labels == key.pairs[:, 0]) | (labels == key.pairs[:, 1])
     if rule == "label":
         return labels == key.pairs[:, 1]
+    if rule == "id":  # the label the nearest registered ID asks for (MBW: the code is the evidence)
+        agree = labels.view(1, -1) == torch.stack([key.target_labels(bits) for bits in key.users.values()])
+        return agree[agree.sum(1).argmax()]
     raise ValueError(f"unknown match rule '{rule}' in key")
 
 

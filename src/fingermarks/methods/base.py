@@ -40,22 +40,27 @@ def frozen(model: nn.Module) -> nn.Module:
     return model
 
 
-def sample_sources(host: nn.Module, datamodule, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` owner training images (no augmentation) the host classifies correctly, in a seeded order."""
+def sample_sources(host: nn.Module, datamodule, count: int, generator: torch.Generator, return_indices: bool = False):
+    """`count` owner training images (no augmentation) the host classifies correctly, in a seeded order.
+
+    Returns (x, y), or (x, y, indices into `train_eval_set`) with `return_indices`: the indices
+    let attack experiments keep the attacker's data disjoint from the owner's trigger sources.
+    """
     from fingermarks.metrics import predict_labels
 
     dataset = datamodule.train_eval_set
     order = torch.randperm(len(dataset), generator=generator)
-    xs, ys, have = [], [], 0
-    for start in range(0, len(order), max(4 * count, 256)):
-        idx = order[start : start + max(4 * count, 256)]
+    chunk = max(4 * count, 256)
+    xs, ys, ids, have = [], [], [], 0
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
         x, y = dataset.tensors(idx)
         ok = predict_labels(host, x) == y
-        xs.append(x[ok]), ys.append(y[ok])
+        xs.append(x[ok]), ys.append(y[ok]), ids.append(idx[ok])
         have += int(ok.sum())
         if have >= count:
             break
-    x, y = torch.cat(xs)[:count], torch.cat(ys)[:count]
+    x, y, idx = torch.cat(xs)[:count], torch.cat(ys)[:count], torch.cat(ids)[:count]
     if len(x) < count:
         raise ValueError(f"only {len(x)} correctly classified training images for {count} requested sources")
-    return x, y
+    return (x, y, idx) if return_indices else (x, y)

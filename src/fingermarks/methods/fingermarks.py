@@ -12,16 +12,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from fingermarks.context import RunContext
+from fingermarks.decision import calibrate_match_rule, null_models
 from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule
 from fingermarks.fingerprint import conferrable_penalty, fingermarks_loss, optimise_inputs, target_margin
 from fingermarks.key import Key, check_host, host_fingerprint
 from fingermarks.methods.base import WatermarkMethod, frozen, sample_sources
 from fingermarks.metrics import accuracy, predict_labels
-from fingermarks.stats import match_threshold, null_rate
 
-# Seeds of the owner's own independent models: far from the seeds of host and evaluation runs.
+# Seeds of the owner's reference models: far from the host's, the null models' and evaluation models'.
 REFERENCE_SEED = 10_000
-NULL_SEED = 20_000
 
 
 class FingerMarks(WatermarkMethod):
@@ -53,7 +52,7 @@ class FingerMarks(WatermarkMethod):
         """Batched fingerprint generation from oversampled candidates; keep the n most host-specific."""
         g = self.gen
         host = frozen(copy.deepcopy(host))
-        x0, i = sample_sources(host, ctx.datamodule, self.n * g.oversample, generator)
+        x0, i, source = sample_sources(host, ctx.datamodule, self.n * g.oversample, generator, return_indices=True)
         with torch.no_grad():
             logits0 = host(x0)
         j = logits0.argmin(1) if g.target == "least_likely" else _random_other(i, logits0.shape[1], generator)
@@ -87,39 +86,24 @@ class FingerMarks(WatermarkMethod):
             "linf_mean": float(dist[keep].mean()), "linf_max": float(dist[keep].max()),
             "steps": result.steps, "seconds": result.seconds,
         }
+        report["source_indices"] = source[keep].tolist()
         return {"triggers": x[keep], "i": i[keep], "j": j[keep]}, report
-
-    def calibrate(self, triggers: torch.Tensor, pairs: torch.Tensor, null_models: list[nn.Module], num_classes: int) -> dict[str, Any]:
-        """Ownership test: Binomial(n, q) null, q from held-out independent models, threshold at `alpha`."""
-        n = len(triggers)
-        matches = 0
-        for m in null_models:
-            pred = predict_labels(m, triggers)
-            matches += int(((pred == pairs[:, 0]) | (pred == pairs[:, 1])).sum())
-        floor = 2.0 / num_classes
-        q = null_rate(matches, n * len(null_models), floor)
-        alpha = float(self.decision.alpha)
-        k = match_threshold(n, q, alpha)
-        how = (f"Binomial(n={n}, q={q:.3f}) null; q from {len(null_models)} held-out independent models "
-               f"({matches}/{n * len(null_models)} matches, Laplace-smoothed, floor 2/m={floor:.2f}); "
-               f"threshold = smallest count with P[X>=count] <= alpha={alpha:g}")
-        return {"match": "pair", "null_rate": q, "alpha": alpha, "threshold_count": k, "how": how,
-                "null_matches": matches, "null_models": len(null_models),
-                "min_margin": int(self.decision.min_margin), "trace_alpha": float(self.decision.trace_alpha)}
 
     def keygen(self, host: nn.Module, ctx: RunContext, users: list[str], seed: int) -> Key:
         generator = torch.Generator().manual_seed(seed)
         references = self._independent(ctx, self.references, REFERENCE_SEED, seed, "reference")
         fp, report = self.generate(host, ctx, references, generator)
         pairs = torch.stack([fp["i"], fp["j"]], 1)
-        nulls = self._independent(ctx, [ctx.model_cfg] * int(self.decision.null_models), NULL_SEED, seed, "null")
-        decision = self.calibrate(fp["triggers"], pairs, nulls, ctx.datamodule.num_classes)
+        nulls = null_models(ctx, int(self.decision.null_models), seed)
+        decision = calibrate_match_rule(fp["triggers"], pairs, nulls, "pair", float(self.decision.alpha), ctx.datamodule.num_classes)
+        decision.update(min_margin=int(self.decision.min_margin), trace_alpha=float(self.decision.trace_alpha))
         swap = torch.rand(self.n, generator=generator) < 0.5 if self.encoding.keyed_swap else torch.zeros(self.n, dtype=torch.bool)
         dm = ctx.datamodule
         key = Key(
             method=self.name, triggers=fp["triggers"], pairs=pairs, swap=swap, host_sha256=host_fingerprint(host),
             data={"name": dm.name, "num_classes": dm.num_classes, "input_shape": list(dm.input_shape)},
-            decision=decision, config={"seed": seed}, report={"generation": report},
+            decision=decision, config={"seed": seed},
+            report={"generation": report, "source_indices": report.pop("source_indices")},
         )
         key.add_users(list(users), generator, int(self.ids.min_distance))
         key.report["min_distance"] = key.min_distance
