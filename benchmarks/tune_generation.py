@@ -19,8 +19,14 @@ from hydra.utils import instantiate
 from compose import compose_config
 from fingermarks.evaluation.uniqueness import independent_models
 from fingermarks.pipeline import make_context, obtain_host, user_names
+import torch
+
+from fingermarks.metrics import predict_labels
 from fingermarks.suspects import ModuleSuspect
 from fingermarks.verification import verify_suspect
+
+
+RESULTS = __import__("pathlib").Path(__file__).parent / "results" / "tune_generation.jsonl"
 
 
 def main(settings: list[str]) -> None:
@@ -38,12 +44,18 @@ def main(settings: list[str]) -> None:
         key = method.keygen(host, ctx, user_names(cfg.users), int(cfg.seed))
         seconds = time.perf_counter() - t
         rates = {n: verify_suspect(key, ModuleSuspect(m, n)).match_rate for n, a, m in population}
+        labels = torch.stack([predict_labels(m, key.triggers) for _, _, m in population])
+        share_i = float((labels == key.pairs[:, 0]).float().mean())
+        share_j = float((labels == key.pairs[:, 1]).float().mean())
         gen = key.report["generation"]
-        print(json.dumps({"setting": setting, "keygen_s": round(seconds, 1), "threshold": key.decision["threshold_count"] / key.n,
+        line = json.dumps({"setting": setting, "base": " ".join(base[1:]), "keygen_s": round(seconds, 1), "threshold": key.decision["threshold_count"] / key.n,
                           "null_rate": round(key.decision["null_rate"], 3), "mean": round(sum(rates.values()) / len(rates), 3),
-                          "max": max(rates.values()), "rates": rates, "reached": gen["reached"],
+                          "max": max(rates.values()), "share_i": round(share_i, 3), "share_j": round(share_j, 3), "rates": rates, "reached": gen["reached"],
                           "sel_ref_match": round(gen["selected_reference_match_rate"], 3), "linf_mean": round(gen["linf_mean"], 3),
-                          "host_j": gen["selected_host_answers_j"]}))
+                          "host_j": gen["selected_host_answers_j"]})
+        print(line)
+        with open(RESULTS, "a") as fh:  # one JSON line per setting
+            fh.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,21 @@ def test_users_count_or_names():
         user_names(["a", "a"])
     with pytest.raises(ConfigError):
         user_names("alice")
+
+
+@pytest.mark.parametrize("preset,data,model", [("paper_cifar10", "CIFAR10DataModule", "GoogLeNet"),
+                                               ("paper_cifar100", "CIFAR100DataModule", "ResNet34"),
+                                               ("paper_imagenet", "ImageFolderDataModule", "VGG11")])
+def test_paper_presets_compose(preset, data, model, tmp_path):
+    cfg = compose_cfg([f"experiment={preset}"], tmp_path)
+    assert cfg.data._target_.endswith(data) and cfg.model._target_.endswith(model)
+    assert cfg.method.n_triggers == 30 and cfg.trainer.accelerator == "gpu" and cfg.uniqueness.enabled
+
+
+def test_robustness_preset_sweeps_every_attack(tmp_path):
+    cfg = compose_cfg(["experiment=robustness"], tmp_path)
+    attacks = cfg.hydra.sweeper.params.attack.split(",")
+    assert attacks == ["ftal", "ftll", "rtal", "prune", "adv_train", "input_noise", "quantize", "distill"]
+    for name in attacks:
+        attack = compose_cfg([f"attack={name}"], tmp_path).attack
+        assert attack._target_.startswith("fingermarks.attacks.") and attack.default in attack.strengths

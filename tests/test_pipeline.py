@@ -52,18 +52,35 @@ def test_key_is_absent_from_distributed_files(digits_run):
         assert b"user2" not in blob and b"triggers" not in blob
 
 
-def test_same_seed_same_key_ids_and_verdicts(digits_run, tmp_path, cache_dir):
+def test_same_seed_same_key_ids_and_verdicts(digits_run, tmp_path):
+    """From an empty cache (every model, the key and the embeddings made anew) a run repeats exactly."""
     from fingermarks.pipeline import run
 
     _, out, summary = digits_run
-    cfg = compose_cfg(TINY + ["users=3", f"cache_dir={cache_dir}"], tmp_path)
+    cfg = compose_cfg(TINY + ["users=3", f"cache_dir={tmp_path / 'fresh-cache'}"], tmp_path)
     again = run(cfg, tmp_path)
+    assert again["host"]["cached"] is False
     a, b = load_key(out / "key.pt"), load_key(tmp_path / "key.pt")
     assert torch.equal(a.triggers, b.triggers) and torch.equal(a.pairs, b.pairs)
     assert {u: v.tolist() for u, v in a.users.items()} == {u: v.tolist() for u, v in b.users.items()}
     for name, rep in summary["verification"].items():
         other = again["verification"][name]
         assert (rep["owned"], rep["traced_user"], rep["matches"]) == (other["owned"], other["traced_user"], other["matches"])
+
+
+def test_cached_key_and_user_models_are_reused(digits_run, tmp_path, cache_dir):
+    """A second run with the same settings (e.g. the next job of an attack sweep) reuses the host, the key
+    and the user models, so every job attacks one and the same watermarked model."""
+    from fingermarks.model_io import read_model_file
+    from fingermarks.pipeline import run
+
+    _, out, _ = digits_run
+    again = run(compose_cfg(TINY + ["users=3", f"cache_dir={cache_dir}"], tmp_path), tmp_path)
+    assert again["host"]["cached"] is True
+    assert torch.equal(load_key(tmp_path / "key.pt").triggers, load_key(out / "key.pt").triggers)
+    a = read_model_file(out / "users" / "user1" / "model.ckpt")["state_dict"]
+    b = read_model_file(tmp_path / "users" / "user1" / "model.ckpt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_existing_key_is_never_overwritten(digits_run, cache_dir):

@@ -168,3 +168,5 @@ def test_collector_builds_table_summary_and_figure(tmp_path, capsys):
     image = matplotlib.image.imread(out / "robustness.png")
     assert image.shape[0] > 300 and image.shape[1] > 600
     assert "robustness.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an empty sweep is a usage error, not a traceback
+        collect.main([str(tmp_path / "out")])

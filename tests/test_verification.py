@@ -137,3 +137,18 @@ def test_report_dict_and_summary(key: Key) -> None:
     host_like = verify_labels(key, key.pairs[:, 1].clone()).summary()
     assert host_like.startswith("OWNED") and "nobody" in host_like
     assert verify_labels(key, other_labels(key)).summary().startswith("not owned")
+
+
+def test_id_rule_owns_a_user_code_but_not_the_host_pattern() -> None:
+    """MBW's rule: ownership is agreement with the nearest registered ID, not with the pair."""
+    from fingermarks.decision import calibrate_id_rule
+
+    key = make_key()
+    key.decision.update(calibrate_id_rule(N, len(key.users), 1e-3))
+    bob = key.target_labels(key.users["bob"])
+    report = verify_labels(key, bob)
+    assert report.owned and report.traced_user == "bob" and report.matches == N
+    assert report.p_value == pytest.approx(3 * 0.5**N)  # union bound over the three IDs
+    host = verify_labels(key, key.target_labels(key.host_bits()))
+    assert not host.owned and host.match_rate < 1.0  # the host's own word is far from every ID
+    assert matched_mask(key, bob).all()

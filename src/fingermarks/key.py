@@ -34,6 +34,14 @@ def host_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def key_fingerprint(key: "Key") -> str:
+    """SHA-256 of what fixes a key's triggers and encoding (host, images, label pairs, swaps)."""
+    h = hashlib.sha256(key.host_sha256.encode())
+    for t in (key.triggers, key.pairs, key.swap):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 @dataclass
 class Key:
     """Everything the owner keeps secret to verify a suspect and trace a user.

@@ -15,12 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fingermarks.attacks.base import attacker_data
+from fingermarks.cache import cache_path
 from fingermarks.context import RunContext
 from fingermarks.evaluation.robustness import log_curves_wandb, robustness_curve, write_rows_csv
 from fingermarks.errors import ConfigError, KeyFileError
 from fingermarks.evaluation.uniqueness import uniqueness
 from fingermarks.files import save_json, write_csv
-from fingermarks.key import Key, save_key
+from fingermarks.key import Key, host_fingerprint, key_fingerprint, load_key, save_key
 from fingermarks.loggers import finish, logger_factory
 from fingermarks.methods.base import WatermarkMethod
 from fingermarks.model_io import export_onnx, read_model_file, save_model
@@ -72,27 +73,50 @@ def obtain_host(cfg: DictConfig, ctx: RunContext) -> tuple[torch.nn.Module, dict
 
 
 def obtain_key(cfg: DictConfig, method: WatermarkMethod, host, ctx: RunContext, users: list[str]) -> Key:
+    """Make the key (or reuse the one this host, method config, users and seed made before) into key.pt."""
     path = ctx.output_dir / "key.pt"
     if path.exists() and not cfg.overwrite_key:
         raise KeyFileError(f"{path} exists; refusing to overwrite a key (set overwrite_key=true, or use another hydra.run.dir)")
-    start = time.perf_counter()
-    key = method.keygen(host, ctx, users if method.embeds else [], int(cfg.seed))
-    key.report["keygen_seconds"] = time.perf_counter() - start
-    key.config.update(method=OmegaConf.to_container(cfg.method, resolve=True), data=cfg.data._target_)
+    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+    # how users are embedded does not change the key: sweeps over embedding settings share one key
+    keygen_cfg = {k: v for k, v in method_cfg.items() if k != "embedding"}
+    recipe = {"host": host_fingerprint(host), "method": keygen_cfg, "users": users if method.embeds else [], "seed": int(cfg.seed)}
+    cached = cache_path(ctx.cache_dir, "keys", recipe, ".pt")
+    if cached is not None and cached.is_file():
+        key = load_key(cached)
+        log.info("key: reusing %s", cached)
+    else:
+        start = time.perf_counter()
+        key = method.keygen(host, ctx, recipe["users"], int(cfg.seed))
+        key.report["keygen_seconds"] = time.perf_counter() - start
+        key.config.update(method=method_cfg, data=cfg.data._target_)
+        if cached is not None:
+            save_key(key, cached, overwrite=True)
     save_key(key, path, overwrite=bool(cfg.overwrite_key))
     return key
 
 
-def distribute(method: WatermarkMethod, host, key: Key, users: list[str], ctx: RunContext, seed: int):
+def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: list[str], ctx: RunContext):
     """Embed each of `users` and write users/<name>/model.ckpt and model.onnx (no key material inside).
 
-    Returns {user: info} and {user: model}.
+    A user model this key and embedding config made before is reused from the cache (so an attack
+    sweep attacks one and the same watermarked model). Returns {user: info} and {user: model}.
     """
     infos, models = {}, {}
     shape = list(ctx.datamodule.input_shape)
+    key_id = key_fingerprint(key)
     for user in users:
         index = list(key.users).index(user)
-        model, info = method.embed(host, key, user, ctx, seed=seed * 1000 + index + 1)
+        seed = int(cfg.seed) * 1000 + index + 1
+        recipe = {"key": key_id, "user": user, "bits": key.users[user].tolist(), "seed": seed,
+                  "method": OmegaConf.to_container(cfg.method, resolve=True)}
+        cached = cache_path(ctx.cache_dir, "users", recipe)
+        if cached is not None and cached.is_file():
+            model, info = load_classifier(cached, ctx.datamodule), dict(read_model_file(cached)["meta"], cached=True)
+        else:
+            model, info = method.embed(host, key, user, ctx, seed=seed)
+            if cached is not None:
+                save_model(model, cached, info)
         folder = ctx.output_dir / "users" / user
         save_model(model, folder / "model.ckpt", {"clean_acc": info["clean_acc"]})
         export_onnx(model, folder / "model.onnx", shape)
@@ -150,7 +174,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     # an attack run needs only the attacked user's model; the others stay registered in the key
     victim_user = (cfg.attack_user or next(iter(key.users))) if key.users else None
     to_embed = ([victim_user] if cfg.get("attack") else list(key.users)) if method.embeds else []
-    embed, models = distribute(method, host, key, to_embed, ctx, int(cfg.seed))
+    embed, models = distribute(cfg, method, host, key, to_embed, ctx)
     reports, verify_seconds = verify_all(key, ctx, to_embed)
     robustness = attack_stage(cfg, key, models.get(victim_user, host), victim_user if method.embeds else None, ctx) if cfg.get("attack") else None
     unique = uniqueness(key, ctx, cfg.uniqueness, int(cfg.seed)) if cfg.uniqueness.enabled else None
@@ -162,7 +186,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "data": ctx.datamodule.name,
         "host": {k: host_info.get(k) for k in ("clean_acc", "train_seconds", "epochs", "seed", "cached")},
         "key": {"n_triggers": key.n, "min_distance": key.min_distance, "decision": key.decision,
-                "keygen_seconds": key.report["keygen_seconds"], "generation": key.report.get("generation")},
+                "keygen_seconds": key.report.get("keygen_seconds"), "generation": key.report.get("generation")},
         "verify_seconds": verify_seconds,
         "users": {u: {"clean_acc": i["clean_acc"], "acc_drop": 100 * (host_info["clean_acc"] - i["clean_acc"]),
                       "embed_seconds": i["embed_seconds"], "embed_epochs": i["embed_epochs"], "history": i["history"]}
@@ -173,6 +197,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "trained": ctx.trained,
     }
     save_json(summary, output_dir / "summary.json")
+    gen = key.report.get("generation", {})
+    print(f"key: {key.method}, {key.n} triggers ({gen.get('reached', '?')} of {gen.get('candidates', '?')} candidates reached "
+          f"the margin in {gen.get('seconds', 0):.1f}s); owned when >= {key.decision['threshold_count']}/{key.n} match "
+          f"(null rate {key.decision['null_rate']:.3f}, alpha {key.decision['alpha']:g}); ID min distance {key.min_distance}")
     print(summary_table(host_info, embed, reports))
     if unique is not None:
         print(f"independent models: {len(unique['rows'])}, owned {unique['owned']}, match rate mean "

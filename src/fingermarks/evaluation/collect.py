@@ -23,6 +23,8 @@ from fingermarks.files import atomic_write
 DESCENDING_AXES = frozenset(cls.axis for cls in ATTACKS.values() if cls.descending)
 #: "keeps its clean accuracy": at most this many points below the unattacked model
 ACC_TOLERANCE = 5.0
+#: the summary's columns for the default point
+AT_DEFAULT = ("default", "clean_acc", "acc_drop", "match_rate", "bit_acc", "owned", "traced", "2e+f / budget")
 
 
 def read_sweep(sweep_dir: str | Path) -> pd.DataFrame:
@@ -74,23 +76,23 @@ def summarise(points: pd.DataFrame) -> pd.DataFrame:
     order = {a: i for i, a in enumerate(list(ATTACKS) + sorted(set(points["attack"]) - set(ATTACKS)))}
     points = points.sort_values("attack", key=lambda col: col.map(order), kind="stable")
     for (attack, method), curve in points.groupby(["attack", "method"], sort=False):
-        curve = _by_strength(curve)
+        curve = _by_strength(curve).reset_index(drop=True)
         kept = curve["acc_drop"] <= ACC_TOLERANCE
-        held = curve[kept & curve["holds"]]
         failed = curve[kept & ~curve["holds"]]
+        # held without a break: a verdict that fails and comes back further on is not "holding"
+        first_failure = failed.index[0] if len(failed) else len(curve)
+        held = curve[kept & curve["holds"] & (curve.index < first_failure)]
         lost = curve[~kept]
         default = curve[curve["default"]]
         d = default.iloc[0] if len(default) else None
+        at_default = {
+            "default": _strength(d["strength"]), "clean_acc": _fmt(d["clean_acc"]), "acc_drop": _fmt(d["acc_drop"], 1),
+            "match_rate": _fmt(d["match_rate"]), "bit_acc": _fmt(d["bit_acc"]), "owned": _fmt(d["owned"], 2),
+            "traced": _fmt(d["traced"], 2), "2e+f / budget": f"{_fmt(d['spent'], 0)} / {_fmt(d['budget'], 0)}",
+        } if d is not None else dict.fromkeys(AT_DEFAULT, "-")
         out.append({
             "attack": attack, "method": method, "axis": curve["axis"].iloc[0], "runs": int(curve["runs"].max()),
-            "default": _strength(d["strength"]) if d is not None else "-",
-            "clean_acc": _fmt(d["clean_acc"]) if d is not None else "-",
-            "acc_drop": _fmt(d["acc_drop"], 1) if d is not None else "-",
-            "match_rate": _fmt(d["match_rate"]) if d is not None else "-",
-            "bit_acc": _fmt(d["bit_acc"]) if d is not None else "-",
-            "owned": _fmt(d["owned"], 2) if d is not None else "-",
-            "traced": _fmt(d["traced"], 2) if d is not None else "-",
-            "2e+f / budget": f"{_fmt(d['spent'], 0)} / {_fmt(d['budget'], 0)}" if d is not None else "-",
+            **at_default,
             "holds up to": _strength(held["strength"].iloc[-1]) if len(held) else "none",
             "fails at (acc kept)": _strength(failed["strength"].iloc[0]) if len(failed) else "never",
             "acc lost from": _strength(lost["strength"].iloc[0]) if len(lost) else "never",
@@ -125,8 +127,8 @@ def summary_markdown(points: pd.DataFrame) -> str:
         f"Values at each attack's default strength (means over {int(points['runs'].max())} run(s) per point). "
         f"*Accuracy kept*: clean accuracy of the attacked model at most {ACC_TOLERANCE:g} points below the unattacked "
         "model in every run. *Verdict holds*: owned and the right user traced in every run. "
-        "*holds up to*: strongest point with accuracy kept where the verdict holds; *fails at*: weakest point with "
-        "accuracy kept where it does not (the attack succeeds there); *acc lost from*: weakest point where the attack "
+        "*holds up to*: strongest point with accuracy kept where the verdict holds, at it and at every weaker such point; "
+        "*fails at*: weakest point with accuracy kept where it does not (the attack succeeds there); *acc lost from*: weakest point where the attack "
         "costs more than the tolerance.",
         "",
         _markdown(table),
@@ -161,7 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", type=Path, help="a sweep directory (Hydra multirun) holding robustness.csv files")
     parser.add_argument("--out", type=Path, default=None, help="where to write the outputs (default: the sweep directory)")
     args = parser.parse_args(argv)
-    paths = collect(args.sweep_dir, args.out)
+    try:
+        paths = collect(args.sweep_dir, args.out)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     print(paths["summary"].read_text())
     for kind, path in paths.items():
         print(f"{kind}: {path}")

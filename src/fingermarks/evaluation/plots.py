@@ -78,11 +78,14 @@ def plot_robustness(points: pd.DataFrame, path: str | Path, descending_axes=froz
                         ax.scatter(x[pick], curve[metric][pick], marker=marker, s=36 if metric == "bit_acc" else 22, zorder=3,
                                    facecolors=colour if filled else "white", edgecolors=colour, linewidths=1.3)
             ax.axhline(curve["threshold"].iloc[0], color=colour, linestyle=":", linewidth=1.2)
-        defaults = sub.loc[sub["default"].astype(bool), "strength"].unique()
-        for d in defaults:
-            ax.axvline(float(d), color="0.35", linestyle="-.", linewidth=1.0)
-            ax.annotate("default", (float(d), 0.03), xytext=(3, 0), textcoords="offset points", fontsize=8, color="0.3")
         strengths = sorted(sub["strength"].astype(float).unique())
+        for d in sub.loc[sub["default"].astype(bool), "strength"].astype(float).unique():
+            ax.axvline(d, color="0.35", linestyle="-.", linewidth=1.0)
+            # label on the roomier side of the line, so it never runs off the panel
+            span = (d - strengths[0]) / ((strengths[-1] - strengths[0]) or 1)
+            right_half = (span < 0.5) if axis in descending_axes else (span > 0.5)
+            ax.annotate("default", (d, 0.03), xytext=(-3 if right_half else 3, 0), textcoords="offset points",
+                        ha="right" if right_half else "left", fontsize=8, color="0.3")
         if len(strengths) <= 9:
             ax.set_xticks(strengths)
             ax.set_xticklabels([f"{s:g}" for s in strengths], fontsize=8)
