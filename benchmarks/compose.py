@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -9,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
 
 
 def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:

@@ -170,3 +170,31 @@ def test_collector_builds_table_summary_and_figure(tmp_path, capsys):
     assert "robustness.png" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # an empty sweep is a usage error, not a traceback
         collect.main([str(tmp_path / "out")])
+
+
+def fake_summary(method: str, mean: float) -> dict:
+    """What pipeline.run writes, reduced to what the comparison reads."""
+    return {"method": method, "host": {"clean_acc": 0.95},
+            "users": {} if method == "ipguard" else {"u1": {"embed_seconds": 2.0, "embed_epochs": 3, "acc_drop": 0.4}},
+            "key": {"keygen_seconds": 5.0, "n_triggers": 30, "decision": {"threshold_count": 18}},
+            "uniqueness": {"rows": [{"match_rate": mean - 0.1}, {"match_rate": mean + 0.1}], "mean_match_rate": mean,
+                           "max_match_rate": mean + 0.1, "owned": 0, "threshold": 0.6}}
+
+
+def test_comparison_tables_per_method(tmp_path):
+    import json
+
+    from fingermarks.evaluation import compare
+
+    sweep = tmp_path / "sweep"
+    for job, (method, mean) in enumerate((("fingermarks", 0.2), ("mbw", 0.9), ("ipguard", 0.3))):
+        write_rows_csv(fake_rows(method, 0.0), sweep / str(job) / "robustness.csv")
+        (sweep / str(job) / "summary.json").write_text(json.dumps(fake_summary(method, mean)))
+    summaries = compare.read_summaries(sweep)
+    perf = compare.performance_table(summaries).set_index("method")
+    assert perf.loc["fingermarks", "embed_seconds"] == 2.0 and perf.loc["ipguard", "users_embedded"] == 0
+    unique = compare.uniqueness_table(summaries).set_index("method")
+    assert unique.loc["mbw", "mean_match_rate"] == 0.9 and unique.loc["fingermarks", "max_match_rate"] == pytest.approx(0.3)
+    paths = compare.compare(sweep)
+    text = paths["comparison"].read_text()
+    assert "| fingermarks |" in text and "| mbw |" in text and paths["figure"].is_file()

@@ -100,7 +100,7 @@ def summarise(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
@@ -131,7 +131,7 @@ def summary_markdown(points: pd.DataFrame) -> str:
         "*fails at*: weakest point with accuracy kept where it does not (the attack succeeds there); *acc lost from*: weakest point where the attack "
         "costs more than the tolerance.",
         "",
-        _markdown(table),
+        markdown_table(table),
         "",
         "## Tracing and the user codebook",
         "",
