@@ -171,3 +171,14 @@ def test_ipguard_from_noise_starting_points(ctx, host):
     assert key.report["generation"]["selected_reached"] == key.n
     assert torch.equal(predict_labels(host, key.triggers), key.pairs[:, 1])
     assert verify_suspect(key, ModuleSuspect(host, "host")).owned
+
+
+def test_null_models_take_a_count_or_a_list_of_architectures(ctx):
+    from fingermarks.decision import null_models
+
+    tiny = {"_target_": "fingermarks.models.SmallCNN", "width": 4}
+    models = null_models(ctx, [ctx.model_cfg, tiny], seed=7)
+    assert [m.arch_kwargs["width"] for m in models] == [ctx.model_cfg.width, 4]
+    assert all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in models)
+    again = null_models(ctx, 1, seed=7)[0]  # a count means the host's architecture, same seeds
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), models[0].state_dict().values()))

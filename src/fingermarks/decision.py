@@ -7,7 +7,7 @@ model matches by chance.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -20,11 +20,15 @@ from fingermarks.stats import binom_sf, match_threshold, null_rate
 NULL_SEED = 20_000
 
 
-def null_models(ctx: RunContext, count: int, seed: int) -> list[nn.Module]:
-    """The owner's held-out models of the host's architecture (cached: every method shares them)."""
+def null_models(ctx: RunContext, spec: int | Sequence, seed: int) -> list[nn.Module]:
+    """The owner's held-out models: `spec` is a count (of the host's architecture) or a list of
+    architecture configs. Cached by recipe and seed, so every method shares them."""
+    from omegaconf import OmegaConf
+
     from fingermarks.methods.base import frozen
 
-    return [frozen(ctx.train_classifier(ctx.model_cfg, NULL_SEED + 100 * seed + r, f"null{r}")[0]) for r in range(count)]
+    archs = [ctx.model_cfg] * spec if isinstance(spec, int) else [OmegaConf.create(a) if isinstance(a, dict) else a for a in spec]
+    return [frozen(ctx.train_classifier(a, NULL_SEED + 100 * seed + r, f"null{r}")[0]) for r, a in enumerate(archs)]
 
 
 def calibrate_match_rule(triggers: torch.Tensor, pairs: torch.Tensor, models: list[nn.Module], rule: str,

@@ -94,7 +94,7 @@ class FingerMarks(WatermarkMethod):
         references = self._independent(ctx, self.references, REFERENCE_SEED, seed, "reference")
         fp, report = self.generate(host, ctx, references, generator)
         pairs = torch.stack([fp["i"], fp["j"]], 1)
-        nulls = null_models(ctx, int(self.decision.null_models), seed)
+        nulls = null_models(ctx, self.decision.null_models, seed)
         decision = calibrate_match_rule(fp["triggers"], pairs, nulls, "pair", float(self.decision.alpha), ctx.datamodule.num_classes)
         decision.update(min_margin=int(self.decision.min_margin), trace_alpha=float(self.decision.trace_alpha))
         swap = torch.rand(self.n, generator=generator) < 0.5 if self.encoding.keyed_swap else torch.zeros(self.n, dtype=torch.bool)

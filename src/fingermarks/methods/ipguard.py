@@ -91,7 +91,7 @@ class IPGuard(WatermarkMethod):
         generator = torch.Generator().manual_seed(seed)
         host = frozen(copy.deepcopy(host))
         triggers, pairs, report = self.generate(host, ctx, generator)
-        nulls = null_models(ctx, int(self.decision.null_models), seed)
+        nulls = null_models(ctx, self.decision.null_models, seed)
         decision = calibrate_match_rule(triggers, pairs, nulls, "label", float(self.decision.alpha), ctx.datamodule.num_classes)
         dm = ctx.datamodule
         return Key(

@@ -184,7 +184,7 @@ class MBW(WatermarkMethod):
         host = frozen(copy.deepcopy(host))
         triggers, pairs, report = self.select(host, ctx, generator)
         alpha = float(self.decision.alpha)
-        pair_rule = calibrate_match_rule(triggers, pairs, null_models(ctx, int(self.decision.null_models), seed), "pair",
+        pair_rule = calibrate_match_rule(triggers, pairs, null_models(ctx, self.decision.null_models, seed), "pair",
                                          alpha, ctx.datamodule.num_classes)
         report.update(pair_rule_null_rate=pair_rule["null_rate"], pair_rule_threshold_count=pair_rule["threshold_count"])
         decision = calibrate_id_rule(self.n, max(len(users), 1), alpha)
