@@ -41,13 +41,15 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, write)
 
 
-def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """A tidy table (one dict per row, same keys) as CSV, atomically."""
+def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, columns: list[str] | None = None) -> Path:
+    """A tidy table (one dict per row) as CSV, atomically; `columns` fixes the column order."""
     import csv
+
+    fields = columns if columns is not None else (list(rows[0]) if rows else [])
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else [])
+            writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
 

@@ -6,7 +6,6 @@ that destroys the model to destroy the watermark is visible as such. One tidy ro
 
 from __future__ import annotations
 
-import csv
 import logging
 from typing import Any, Sequence
 
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fingermarks.attacks.base import Attack, AttackerData
 from fingermarks.context import RunContext
-from fingermarks.files import atomic_write
+from fingermarks.files import write_csv
 from fingermarks.key import Key
 from fingermarks.suspects import ModuleSuspect, Suspect
 from fingermarks.verification import verify_suspect
@@ -89,15 +88,7 @@ def robustness_curve(attack: Attack, model, key: Key, user: str | None, ctx: Run
 
 def write_rows_csv(rows: Sequence[dict[str, Any]], path) -> None:
     """Write tidy rows atomically, columns in `COLUMNS` order (then any extra ones)."""
-    fields = list(COLUMNS) + [k for k in (rows[0] if rows else {}) if k not in COLUMNS]
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
+    write_csv(list(rows), path, list(COLUMNS) + [k for k in (rows[0] if rows else {}) if k not in COLUMNS])
 
 
 def log_curves_wandb(rows: Sequence[dict[str, Any]], logger) -> bool:
