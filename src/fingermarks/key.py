@@ -64,6 +64,18 @@ class Key:
     config: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_host(cls, method: str, host: nn.Module, datamodule, triggers: torch.Tensor, pairs: torch.Tensor,
+                 decision: dict[str, Any], seed: int, report: dict[str, Any], swap: torch.Tensor | None = None) -> "Key":
+        """A key bound to `host` and its data (class count, input shape); no swap unless given."""
+        return cls(
+            method=method, triggers=triggers, pairs=pairs,
+            swap=swap if swap is not None else torch.zeros(len(triggers), dtype=torch.bool),
+            host_sha256=host_fingerprint(host),
+            data={"name": datamodule.name, "num_classes": datamodule.num_classes, "input_shape": list(datamodule.input_shape)},
+            decision=decision, config={"seed": seed}, report=report,
+        )
+
     @property
     def n(self) -> int:
         return len(self.triggers)

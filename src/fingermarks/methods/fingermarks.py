@@ -15,7 +15,7 @@ from fingermarks.context import RunContext
 from fingermarks.decision import calibrate_match_rule, null_models
 from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule
 from fingermarks.fingerprint import conferrable_penalty, fingermarks_loss, optimise_inputs, target_margin
-from fingermarks.key import Key, check_host, host_fingerprint
+from fingermarks.key import Key, check_host
 from fingermarks.methods.base import WatermarkMethod, frozen, sample_sources
 from fingermarks.metrics import accuracy, predict_labels
 
@@ -98,13 +98,8 @@ class FingerMarks(WatermarkMethod):
         decision = calibrate_match_rule(fp["triggers"], pairs, nulls, "pair", float(self.decision.alpha), ctx.datamodule.num_classes)
         decision.update(min_margin=int(self.decision.min_margin), trace_alpha=float(self.decision.trace_alpha))
         swap = torch.rand(self.n, generator=generator) < 0.5 if self.encoding.keyed_swap else torch.zeros(self.n, dtype=torch.bool)
-        dm = ctx.datamodule
-        key = Key(
-            method=self.name, triggers=fp["triggers"], pairs=pairs, swap=swap, host_sha256=host_fingerprint(host),
-            data={"name": dm.name, "num_classes": dm.num_classes, "input_shape": list(dm.input_shape)},
-            decision=decision, config={"seed": seed},
-            report={"generation": report, "source_indices": report.pop("source_indices")},
-        )
+        key = Key.for_host(self.name, host, ctx.datamodule, fp["triggers"], pairs, decision, seed,
+                           {"generation": report, "source_indices": report.pop("source_indices")}, swap=swap)
         key.add_users(list(users), generator, int(self.ids.min_distance))
         key.report["min_distance"] = key.min_distance
         return key

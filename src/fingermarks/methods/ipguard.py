@@ -29,7 +29,7 @@ from torch import nn
 from fingermarks.context import RunContext
 from fingermarks.decision import calibrate_match_rule, null_models
 from fingermarks.fingerprint import ipguard_loss, optimise_inputs
-from fingermarks.key import Key, check_host, host_fingerprint
+from fingermarks.key import Key, check_host
 from fingermarks.methods.base import WatermarkMethod, frozen, sample_sources
 from fingermarks.metrics import accuracy
 
@@ -93,13 +93,7 @@ class IPGuard(WatermarkMethod):
         triggers, pairs, report = self.generate(host, ctx, generator)
         nulls = null_models(ctx, self.decision.null_models, seed)
         decision = calibrate_match_rule(triggers, pairs, nulls, "label", float(self.decision.alpha), ctx.datamodule.num_classes)
-        dm = ctx.datamodule
-        return Key(
-            method=self.name, triggers=triggers, pairs=pairs, swap=torch.zeros(self.n, dtype=torch.bool),
-            host_sha256=host_fingerprint(host),
-            data={"name": dm.name, "num_classes": dm.num_classes, "input_shape": list(dm.input_shape)},
-            decision=decision, config={"seed": seed}, report={"generation": report},
-        )
+        return Key.for_host(self.name, host, ctx.datamodule, triggers, pairs, decision, seed, {"generation": report})
 
     def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
         """A fingerprint changes nothing: the distributed model is the host itself."""

@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fingermarks.context import RunContext
 from fingermarks.decision import calibrate_id_rule, calibrate_match_rule, null_models
 from fingermarks.fingerprint import max_excluding, optimise_inputs, target_margin
-from fingermarks.key import Key, check_host, host_fingerprint
+from fingermarks.key import Key, check_host
 from fingermarks.methods.base import WatermarkMethod, frozen
 from fingermarks.metrics import accuracy
 
@@ -189,13 +189,7 @@ class MBW(WatermarkMethod):
         report.update(pair_rule_null_rate=pair_rule["null_rate"], pair_rule_threshold_count=pair_rule["threshold_count"])
         decision = calibrate_id_rule(self.n, max(len(users), 1), alpha)
         decision.update(min_margin=int(self.decision.min_margin), trace_alpha=float(self.decision.trace_alpha))
-        dm = ctx.datamodule
-        key = Key(
-            method=self.name, triggers=triggers, pairs=pairs, swap=torch.zeros(self.n, dtype=torch.bool),
-            host_sha256=host_fingerprint(host),
-            data={"name": dm.name, "num_classes": dm.num_classes, "input_shape": list(dm.input_shape)},
-            decision=decision, config={"seed": seed}, report={"generation": report},
-        )
+        key = Key.for_host(self.name, host, ctx.datamodule, triggers, pairs, decision, seed, {"generation": report})
         key.add_users(list(users), generator, int(self.ids.min_distance))
         key.report["min_distance"] = key.min_distance
         return key
