@@ -11,10 +11,14 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="wandb-tests-"))
 
+import functools  # noqa: E402
+
+import lightning as L  # noqa: E402
 import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from fingermarks.hydra_compose import compose_run_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -31,14 +35,7 @@ TINY = [
 
 def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "config") -> DictConfig:
     """The config train.py would see, with `output_dir` as Hydra's run directory."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.name = "test"
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_run_config(CONF, overrides, output_dir, job_name="test", config_name=config_name)
 
 
 def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 600):
@@ -64,3 +61,57 @@ def digits_run(tmp_path_factory, cache_dir):
     cfg = compose_cfg(TINY + ["users=3", f"cache_dir={cache_dir}"], out)
     summary = run(cfg, out)
     return cfg, out, summary
+
+
+# -- tiny pieces for the unit tests of attacks, robustness and baselines ------------------
+QUIET_TRAINER = functools.partial(
+    L.Trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    enable_model_summary=False, num_sanity_val_steps=0,
+)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Two cores shared with other work: for tiny models torch's thread pool only adds sync overhead (~20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def datamodule():
+    from fingermarks.data import DigitsDataModule
+
+    dm = DigitsDataModule()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture
+def ctx(datamodule, tmp_path):
+    """A RunContext on digits whose models are width-4 SmallCNNs trained for one epoch."""
+    from fingermarks.context import RunContext
+
+    return RunContext(
+        datamodule=datamodule, data_cfg=OmegaConf.create({"_target_": "fingermarks.data.DigitsDataModule"}),
+        model_cfg=OmegaConf.create({"_target_": "fingermarks.models.SmallCNN", "width": 4}),
+        recipe=OmegaConf.create({"epochs": 1}), trainer_factory=QUIET_TRAINER, output_dir=tmp_path,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(datamodule):
+    """A width-4 SmallCNN on digits, trained just enough (3 epochs, seed 0) to give meaningful labels."""
+    from fingermarks.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, input_shape=(1, 8, 8), mean=datamodule.mean, std=datamodule.std, width=4)
+    x, y = datamodule.train_eval_set.tensors()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        for i in range(0, len(x), 64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
+            opt.step()
+    return model.eval()

@@ -6,64 +6,25 @@ import dataclasses
 import functools
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from conftest import QUIET_TRAINER
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fingermarks.attacks import ATTACKS, FTAL, FTLL, RTAL, AdvTrain, Distill, InputNoise, Prune, Quantize, attacker_data
 from fingermarks.attacks.adv_train import fgsm
 from fingermarks.attacks.prune import zero_fraction
-from fingermarks.context import RunContext
-from fingermarks.data import DigitsDataModule
 from fingermarks.metrics import predict_labels
-from fingermarks.models import SmallCNN, VGG11
+from fingermarks.models import VGG11
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attack"
-TRAINER = functools.partial(
-    L.Trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-    enable_model_summary=False, num_sanity_val_steps=0,
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def datamodule() -> DigitsDataModule:
-    dm = DigitsDataModule()
-    dm.setup("fit")
-    return dm
-
-
-@pytest.fixture
-def ctx(datamodule, tmp_path) -> RunContext:
-    return RunContext(
-        datamodule=datamodule, data_cfg=OmegaConf.create({"_target_": "fingermarks.data.DigitsDataModule"}),
-        model_cfg=OmegaConf.create({"_target_": "fingermarks.models.SmallCNN", "width": 4}),
-        recipe=OmegaConf.create({"epochs": 1}), trainer_factory=TRAINER, output_dir=tmp_path,
-    )
-
-
-@pytest.fixture(scope="module")
-def victim(datamodule) -> SmallCNN:
-    """A tiny digits classifier, trained just enough to give meaningful labels."""
-    torch.manual_seed(0)
-    model = SmallCNN(num_classes=10, input_shape=(1, 8, 8), mean=datamodule.mean, std=datamodule.std, width=4)
-    x, y = datamodule.train_eval_set.tensors()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(3):
-        for i in range(0, len(x), 64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
-            opt.step()
-    return model.eval()
+def victim(tiny_classifier):
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +121,7 @@ def test_adv_train_runs_exactly_the_requested_iterations(victim, data, ctx):
     trainers = []
 
     def factory(**kwargs):
-        trainers.append(TRAINER(**kwargs))
+        trainers.append(QUIET_TRAINER(**kwargs))
         return trainers[-1]
 
     out = models(AdvTrain([0, 2, 3], eps=0.1, batch_size=64), victim, data, dataclasses.replace(ctx, trainer_factory=factory))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 
-import lightning
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_cfg
+from conftest import CONF, QUIET_TRAINER, compose_cfg
 from fingermarks.context import RunContext
 from fingermarks.data import DigitsDataModule
 from fingermarks.key import host_fingerprint, load_key, save_key
@@ -22,13 +20,7 @@ from fingermarks.verification import trace, verify_suspect
 USERS = ["alice", "bob"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other work: torch's default thread pool made this module ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +31,7 @@ def ctx(tmp_path_factory) -> RunContext:
         datamodule=datamodule, data_cfg=OmegaConf.create({"name": "digits"}),
         model_cfg=OmegaConf.create({"_target_": "fingermarks.models.SmallCNN", "width": 8}),
         recipe=OmegaConf.create({"epochs": 5, "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.003}}),
-        trainer_factory=functools.partial(lightning.Trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0),
+        trainer_factory=QUIET_TRAINER,
         output_dir=tmp_path_factory.mktemp("baselines"),
         cache_dir=tmp_path_factory.mktemp("baselines-cache"),  # MBW and IPGuard share their null model
     )

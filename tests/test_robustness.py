@@ -3,64 +3,28 @@
 from __future__ import annotations
 
 import csv
-import functools
 
-import lightning as L
 import matplotlib.image
 import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from omegaconf import OmegaConf
 
 from fingermarks.attacks import FTLL, InputNoise, Quantize, attacker_data
-from fingermarks.context import RunContext
-from fingermarks.data import DigitsDataModule
 from fingermarks.evaluation import collect
 from fingermarks.evaluation.robustness import COLUMNS, decodable, log_curves_wandb, robustness_curve, write_rows_csv
 from fingermarks.key import Key
 from fingermarks.metrics import predict_labels
-from fingermarks.models import SmallCNN
 
 N = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def datamodule() -> DigitsDataModule:
-    dm = DigitsDataModule()
-    dm.setup("fit")
-    return dm
-
-
-@pytest.fixture
-def ctx(datamodule, tmp_path) -> RunContext:
-    trainer = functools.partial(L.Trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    return RunContext(datamodule=datamodule, data_cfg=OmegaConf.create({"_target_": "fingermarks.data.DigitsDataModule"}),
-                      model_cfg=OmegaConf.create({"_target_": "fingermarks.models.SmallCNN", "width": 4}),
-                      recipe=OmegaConf.create({"epochs": 1}), trainer_factory=trainer, output_dir=tmp_path)
-
-
-@pytest.fixture(scope="module")
-def model(datamodule) -> SmallCNN:
-    torch.manual_seed(0)
-    net = SmallCNN(num_classes=10, input_shape=(1, 8, 8), mean=datamodule.mean, std=datamodule.std, width=4)
-    x, y = datamodule.train_eval_set.tensors()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(3):
-        for i in range(0, len(x), 64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[i : i + 64]), y[i : i + 64]).backward()
-            opt.step()
-    return net.eval()
+def model(tiny_classifier):
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")

@@ -76,13 +76,18 @@ class FingerMarks(WatermarkMethod):
             pred = predict_labels(ref, x)
             ref_matches += ((pred == i) | (pred == j)).long()
         dist = (x - x0).flatten(1).abs().amax(1)
-        # host answers j first, then fewest reference matches, then smallest perturbation
-        rank = (~host_ok).long() * 10**6 + ref_matches * 10**3 + (dist * 100).long()
-        keep = torch.argsort(rank, stable=True)[: self.n]
+        with torch.no_grad():
+            ref_prob = conferrable_penalty(references, x, i, j)
+        # host answers j first, then fewest reference matches, then the tie-break: the
+        # references' probability of i or j (most host-specific) or the smallest perturbation
+        tiebreak = ref_prob if g.tiebreak == "reference_prob" else (dist * 100).floor()  # 0.01 steps of L-inf
+        order = sorted(range(len(x)), key=lambda c: (not bool(host_ok[c]), int(ref_matches[c]), float(tiebreak[c])))
+        keep = torch.tensor(order[: self.n])
         report = {
             "candidates": len(x), "reached": int(result.reached.sum()), "host_answers_j": int(host_ok.sum()),
             "selected_host_answers_j": int(host_ok[keep].sum()),
             "selected_reference_match_rate": float(ref_matches[keep].float().mean() / max(len(references), 1)),
+            "selected_reference_prob": float(ref_prob[keep].mean()) if references else None,
             "linf_mean": float(dist[keep].mean()), "linf_max": float(dist[keep].max()),
             "steps": result.steps, "seconds": result.seconds,
         }
