@@ -35,7 +35,8 @@ def main(settings: list[str]) -> None:
     cfg = compose_config(base, out)
     ctx = make_context(cfg, __import__("pathlib").Path(out))
     host, host_info = obtain_host(cfg, ctx)
-    population = [(n, a, m) for n, a, _, m, _ in independent_models(ctx, cfg.uniqueness.same_arch, list(cfg.uniqueness.other_archs), int(cfg.seed))]
+    population = [(n, a, m) for n, a, _, m, _ in independent_models(ctx, cfg.uniqueness.same_arch, list(cfg.uniqueness.other_archs), int(cfg.seed),
+                                                                       int(cfg.uniqueness.seed_base))]
     print(json.dumps({k: round(v["clean_acc"], 4) for k, v in ctx.trained.items()}))
     for setting in settings or [""]:
         cfg = compose_config(base + setting.split(), out)

@@ -105,3 +105,14 @@ def test_robustness_preset_sweeps_every_attack(tmp_path):
     for name in attacks:
         attack = compose_cfg([f"attack={name}"], tmp_path).attack
         assert attack._target_.startswith("fingermarks.attacks.") and attack.default in attack.strengths
+
+
+@pytest.mark.parametrize("override", ["method.generation.tiebreak=referenceprob", "method.generation.target=leastlikely"])
+def test_fingermarks_rejects_unknown_generation_choices(override, tmp_path):
+    from fingermarks.errors import ConfigError, user_error
+
+    cfg = compose_cfg([override], tmp_path)
+    with pytest.raises(Exception) as info:  # Hydra wraps it; the entry points print the cause as one line
+        instantiate(cfg.method)
+    cause = user_error(info.value)
+    assert isinstance(cause, ConfigError) and override.split("=")[0] in str(cause)

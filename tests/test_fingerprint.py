@@ -10,6 +10,7 @@ from fingermarks.fingerprint import (
     conferrable_penalty,
     fingermarks_loss,
     ipguard_loss,
+    select_triggers,
     max_excluding,
     optimise_inputs,
     project,
@@ -115,6 +116,15 @@ def batch(seed: int = 0, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor
     x0 = lo + (hi - lo) * torch.rand(8, 1, 2, 2, generator=g)
     logits = CLASSIFIER(x0)
     return x0, logits.argmin(1)  # the least likely class: the farthest target
+
+
+def test_select_triggers_orders_by_host_then_references_then_tiebreak() -> None:
+    host_ok = torch.tensor([True, True, False, True, True])
+    ref_matches = torch.tensor([1, 0, 0, 0, 2])
+    tiebreak = torch.tensor([0.0, 0.5, 0.0, 0.1, 0.0])
+    # host fails candidate 2 (last); candidate 0 and 4 are matched by references; 3 beats 1 on the tie-break
+    assert select_triggers(host_ok, ref_matches, tiebreak, 5).tolist() == [3, 1, 0, 4, 2]
+    assert select_triggers(host_ok, ref_matches, tiebreak, 2).tolist() == [3, 1]
 
 
 def test_optimise_inputs_reaches_every_reachable_target() -> None:

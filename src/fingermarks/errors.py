@@ -29,17 +29,29 @@ class ConfigError(FingermarksError):
     """A configuration value is out of range or inconsistent."""
 
 
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user-input error behind `exc`, if any (Hydra's instantiate wraps what a constructor raised)."""
+    from fingermarks.data.base import DataNotFoundError
+
+    while exc is not None:
+        if isinstance(exc, (FingermarksError, DataNotFoundError)):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
 def one_line_errors(fn: F) -> F:
     """Wrap an entry point so user errors print as `error: ...` and exit with status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from fingermarks.data.base import DataNotFoundError
-
         try:
             return fn(*args, **kwargs)
-        except (FingermarksError, DataNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except Exception as exc:
+            cause = user_error(exc)
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

@@ -60,6 +60,16 @@ def conferrable_penalty(references: Sequence[nn.Module], x: torch.Tensor, i: tor
     return total / len(references)
 
 
+def select_triggers(host_ok: torch.Tensor, reference_matches: torch.Tensor, tiebreak: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the n most host-specific candidates, best first.
+
+    Order: the host answers j, then fewest reference models matching (answering i or j),
+    then the smallest `tiebreak` (the references' probability of i or j, or the perturbation size).
+    """
+    order = sorted(range(len(host_ok)), key=lambda c: (not bool(host_ok[c]), int(reference_matches[c]), float(tiebreak[c])))
+    return torch.tensor(order[:n], dtype=torch.long)
+
+
 @dataclass
 class Optimised:
     """Result of `optimise_inputs`: the final images, which reached the goal, and the cost."""

@@ -13,8 +13,9 @@ from torch import nn
 
 from fingermarks.context import RunContext
 from fingermarks.decision import calibrate_match_rule, null_models
+from fingermarks.errors import ConfigError
 from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule
-from fingermarks.fingerprint import conferrable_penalty, fingermarks_loss, optimise_inputs, target_margin
+from fingermarks.fingerprint import conferrable_penalty, fingermarks_loss, optimise_inputs, select_triggers, target_margin
 from fingermarks.key import Key, check_host
 from fingermarks.methods.base import WatermarkMethod, frozen, sample_sources
 from fingermarks.metrics import accuracy, predict_labels
@@ -42,6 +43,9 @@ class FingerMarks(WatermarkMethod):
         self.n = n_triggers
         self.gen, self.encoding, self.decision, self.ids, self.emb = generation, encoding, decision, ids, embedding
         self.references = list(references)
+        for field, allowed in (("target", ("least_likely", "random")), ("tiebreak", ("reference_prob", "distance"))):
+            if generation[field] not in allowed:
+                raise ConfigError(f"method.generation.{field}={generation[field]!r}: expected one of {', '.join(allowed)}")
 
     # -- keygen ---------------------------------------------------------------------
     def _independent(self, ctx: RunContext, archs: list, base_seed: int, seed: int, role: str) -> list[nn.Module]:
@@ -78,11 +82,8 @@ class FingerMarks(WatermarkMethod):
         dist = (x - x0).flatten(1).abs().amax(1)
         with torch.no_grad():
             ref_prob = conferrable_penalty(references, x, i, j)
-        # host answers j first, then fewest reference matches, then the tie-break: the
-        # references' probability of i or j (most host-specific) or the smallest perturbation
-        tiebreak = ref_prob if g.tiebreak == "reference_prob" else (dist * 100).floor()  # 0.01 steps of L-inf
-        order = sorted(range(len(x)), key=lambda c: (not bool(host_ok[c]), int(ref_matches[c]), float(tiebreak[c])))
-        keep = torch.tensor(order[: self.n])
+        tiebreak = ref_prob if g.tiebreak == "reference_prob" else (dist * 100).floor()  # L-inf in 0.01 steps
+        keep = select_triggers(host_ok, ref_matches, tiebreak, self.n)
         report = {
             "candidates": len(x), "reached": int(result.reached.sum()), "host_answers_j": int(host_ok.sum()),
             "selected_host_answers_j": int(host_ok[keep].sum()),
