@@ -265,3 +265,17 @@ def test_short_embedding_fit_on_digits() -> None:
     expected = [round(history[e + 1]["p"] * n_train) + 2 * 2 * history[e]["active"] for e in range(len(sizes.sizes))]
     assert sizes.sizes == expected
     assert trainer.callback_metrics["embed/p"] == pytest.approx(history[-1]["p"])
+
+
+def test_anchor_adds_the_l2_sp_drift_from_the_start_weights() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, input_shape=(1, 8, 8), width=4).eval()  # no dropout: two calls must agree
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    plain = EmbeddingModule(model, 10, torch.optim.Adam)
+    anchored = EmbeddingModule(model, 10, torch.optim.Adam, anchor=2.0)
+    assert torch.allclose(anchored.training_step((x, y), 0), plain.training_step((x, y), 0))  # no drift yet
+    with torch.no_grad():
+        first = next(model.parameters())
+        first.add_(0.1)
+    drift = 0.01 * first.numel()
+    assert torch.allclose(anchored.training_step((x, y), 0), plain.training_step((x, y), 0) + 0.5 * 2.0 * drift, rtol=1e-4)

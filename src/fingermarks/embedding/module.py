@@ -17,11 +17,18 @@ from fingermarks.embedding.dynamic_ratio import DynamicRatio
 class EmbeddingModule(L.LightningModule):
     """Cross-entropy fine-tuning on the mixed epoch data (triggers, neighbours, clean images)."""
 
-    def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable, anchor: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        # L2-SP: (anchor / 2) * ||w - w_host||^2 pulls the weights back towards the host's. Clean images the
+        # host already fits give almost no gradient, so without it nothing resists the triggers' drift.
+        self.anchor = anchor
+        self._start = [p.detach().clone() for p in model.parameters()] if anchor > 0 else []
+
+    def on_fit_start(self) -> None:
+        self._start = [w.to(self.device) for w in self._start]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -30,6 +37,9 @@ class EmbeddingModule(L.LightningModule):
         x, y = batch
         loss = F.cross_entropy(self.model(x), y)
         self.log("embed/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        if self.anchor > 0:
+            drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(self.model.parameters(), self._start))
+            loss = loss + 0.5 * self.anchor * drift
         return loss
 
     def validation_step(self, batch, batch_idx):

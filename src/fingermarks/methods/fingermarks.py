@@ -124,7 +124,7 @@ class FingerMarks(WatermarkMethod):
         data = EmbeddingData(ctx.datamodule, ratio, seed=seed, batch_size=e.batch_size, trigger_repeat=e.trigger_repeat)
         from hydra.utils import instantiate
 
-        module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer))
+        module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer), anchor=float(e.anchor))
         trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[ratio], reload_dataloaders_every_n_epochs=1,
                                       logger=ctx.logger_factory(f"embed_{user}") or False)
         start = time.perf_counter()
