@@ -6,7 +6,7 @@
 Trained models come from the project cache (.cache/) unless BENCH_FRESH=1; a cached model
 carries the training time measured when it was trained.
 
-Writes benchmarks/results/fingermarks_mnist5k.json: host training time, key generation time
+Writes benchmarks/results/fingermarks_mnist5k[_<overrides>].json: host training time, key generation time
 (reference/null model training and the fingerprint optimisation separately), embedding time
 and accuracy drop per user, verification time, and the uniqueness table, on the default independent
 population and on a held-out one (`uniqueness.seed_base=40000`) that no default was tuned on.
@@ -15,6 +15,7 @@ population and on a held-out one (`uniqueness.seed_base=40000`) that no default 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -61,7 +62,9 @@ def main(overrides: list[str]) -> None:
         "uniqueness_held_out": held_out_uniqueness(cfg, out),
         "run_dir": str(out),
     }
-    path = save_json(result, ROOT / "benchmarks" / "results" / "fingermarks_mnist5k.json")
+    # overrides name their own file: `... seed=1` writes fingermarks_mnist5k_seed=1.json
+    suffix = "".join("_" + re.sub(r"[^A-Za-z0-9=.,-]+", "-", o) for o in overrides)
+    path = save_json(result, ROOT / "benchmarks" / "results" / f"fingermarks_mnist5k{suffix}.json")
     print(f"written {path}")
 
 
