@@ -22,8 +22,9 @@ class EmbeddingModule(L.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        # L2-SP: (anchor / 2) * ||w - w_host||^2 pulls the weights back towards the host's. Clean images the
-        # host already fits give almost no gradient, so without it nothing resists the triggers' drift.
+        # Optional L2-SP: (anchor / 2) * ||w - w_host||^2 pulls the weights back towards the host's (clean
+        # images the host already fits give little gradient). Off by default: on mnist5k it cost epochs
+        # without lowering the accuracy drop (benchmarks/results/tune_embedding.jsonl).
         self.anchor = anchor
         self._start = [p.detach().clone() for p in model.parameters()] if anchor > 0 else []
 
