@@ -158,18 +158,23 @@ def collect(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, P
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def sweep_cli(argv: list[str] | None, description: str, build, shown: str) -> None:
+    """`<module> SWEEP_DIR [--out DIR]`: run `build(sweep_dir, out)`, print its `shown` output and every path."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("sweep_dir", type=Path, help="a sweep directory (Hydra multirun) holding robustness.csv files")
     parser.add_argument("--out", type=Path, default=None, help="where to write the outputs (default: the sweep directory)")
     args = parser.parse_args(argv)
     try:
-        paths = collect(args.sweep_dir, args.out)
+        paths = build(args.sweep_dir, args.out)
     except FileNotFoundError as exc:
         parser.error(str(exc))
-    print(paths["summary"].read_text())
+    print(paths[shown].read_text())
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    sweep_cli(argv, __doc__.split("\n\n")[0], collect, "summary")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ uniqueness rows of a method are the same in each of its jobs and are read once.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from fingermarks.evaluation.collect import collect, markdown_table
+from fingermarks.evaluation.collect import collect, markdown_table, sweep_cli
 from fingermarks.files import atomic_write
 
 
@@ -81,17 +80,7 @@ def compare(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, P
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    try:
-        paths = compare(args.sweep_dir, args.out)
-    except FileNotFoundError as exc:
-        parser.error(str(exc))
-    print(paths["comparison"].read_text())
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    sweep_cli(argv, __doc__.split("\n\n")[0], compare, "comparison")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@ attacks and plots never depend on which scheme made the key.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import lightning as L
 import torch
 from torch import nn
 
 from fingermarks.context import RunContext
-from fingermarks.key import Key
+from fingermarks.key import Key, check_host
 
 
 class WatermarkMethod(ABC):
@@ -37,6 +39,17 @@ def frozen(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    return model
+
+
+def start_user_model(key: Key, host: nn.Module, seed: int) -> nn.Module:
+    """The start of a user's model: check the key was made for this host, seed everything, and
+    return a copy of the host in train mode with every parameter trainable."""
+    check_host(key, host)
+    L.seed_everything(seed, workers=True)
+    model = copy.deepcopy(host).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
     return model
 
 

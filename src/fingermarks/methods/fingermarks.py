@@ -6,7 +6,6 @@ import copy
 import time
 from typing import Any
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -16,8 +15,8 @@ from fingermarks.decision import calibrate_match_rule, null_models
 from fingermarks.errors import ConfigError
 from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule
 from fingermarks.fingerprint import conferrable_penalty, fingermarks_loss, optimise_inputs, select_triggers, target_margin
-from fingermarks.key import Key, check_host
-from fingermarks.methods.base import WatermarkMethod, frozen, sample_sources
+from fingermarks.key import Key
+from fingermarks.methods.base import WatermarkMethod, frozen, sample_sources, start_user_model
 from fingermarks.metrics import accuracy, predict_labels
 
 # Seeds of the owner's reference models: far from the host's, the null models' and evaluation models'.
@@ -107,17 +106,12 @@ class FingerMarks(WatermarkMethod):
         key = Key.for_host(self.name, host, ctx.datamodule, fp["triggers"], pairs, decision, seed,
                            {"generation": report, "source_indices": report.pop("source_indices")}, swap=swap)
         key.add_users(list(users), generator, int(self.ids.min_distance))
-        key.report["min_distance"] = key.min_distance
         return key
 
     # -- embed ----------------------------------------------------------------------
     def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
-        check_host(key, host)
         e = self.emb
-        L.seed_everything(seed, workers=True)
-        model = copy.deepcopy(host).train()
-        for p in model.parameters():
-            p.requires_grad_(True)
+        model = start_user_model(key, host, seed)
         targets = key.target_labels(key.users[user])
         ratio = DynamicRatio(key.triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
                              done_prob=e.done_prob, adversarial=e.adversarial, input_range=tuple(ctx.datamodule.input_range))

@@ -52,8 +52,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from fingermarks.context import RunContext
 from fingermarks.decision import calibrate_id_rule, calibrate_match_rule, null_models
 from fingermarks.fingerprint import max_excluding, optimise_inputs, target_margin
-from fingermarks.key import Key, check_host
-from fingermarks.methods.base import WatermarkMethod, frozen
+from fingermarks.key import Key
+from fingermarks.methods.base import WatermarkMethod, frozen, start_user_model
 from fingermarks.metrics import accuracy
 
 
@@ -191,17 +191,12 @@ class MBW(WatermarkMethod):
         decision.update(min_margin=int(self.decision.min_margin), trace_alpha=float(self.decision.trace_alpha))
         key = Key.for_host(self.name, host, ctx.datamodule, triggers, pairs, decision, seed, {"generation": report})
         key.add_users(list(users), generator, int(self.ids.min_distance))
-        key.report["min_distance"] = key.min_distance
         return key
 
     # -- embed ----------------------------------------------------------------------
     def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
-        check_host(key, host)
         e = self.emb
-        L.seed_everything(seed, workers=True)
-        model = copy.deepcopy(host).train()  # TriggerTuning puts it in eval mode each epoch
-        for p in model.parameters():
-            p.requires_grad_(True)
+        model = start_user_model(key, host, seed)  # TriggerTuning puts it in eval mode each epoch
         targets = key.target_labels(key.users[user])
         loader = DataLoader(TensorDataset(key.triggers, targets), batch_size=int(e.batch_size), shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
