@@ -214,3 +214,40 @@ def test_an_onnx_file_and_a_checkpoint_are_verified_on_their_outputs(key, host, 
         for path in (tmp_path / "m.onnx", tmp_path / "m.ckpt"):
             report = verify_suspect(key, open_suspect(path))
             assert report.evidence["mode"] == "outputs" and report.owned is expected
+
+
+# -- one verification path for verify.py, fm.verify and fm.verify_many -------------------------------------
+def test_the_api_verifies_in_the_outputs_mode_where_the_suspect_gives_scores(key, host, independent, tmp_path):
+    import fingermarks as fm
+    from fingermarks.model_io import export_onnx
+    from fingermarks.reports import verify_one
+
+    for model, expected in ((host, True), (independent, False)):
+        export_onnx(model, tmp_path / "m.onnx", [1, 8, 8])
+        for suspect in (tmp_path / "m.onnx", model):
+            report = fm.verify(key, suspect)
+            assert report.evidence["mode"] == "outputs" and report.owned is expected
+    # a suspect that answers labels only falls back to the label-only mode, and the record says so
+    record = verify_one(key, LabelsOnly(host))
+    assert record.complete and record.mode == "labels" and record.report.evidence["mode"] == "labels"
+    assert record.to_dict()["provenance"]["mode"] == "labels" and "labels mode" in record.sentence()
+    assert len(record.labels) == key.n
+
+
+def test_servers_answering_scores_or_labels_are_verified_in_their_mode(key, host, tmp_path):
+    import fingermarks as fm
+    from fingermarks.model_io import export_onnx
+    from fingermarks.serving.stdlib_server import serve_onnx
+
+    export_onnx(host, tmp_path / "host.onnx", [1, 8, 8])
+    scores, scores_url = serve_onnx({"host": tmp_path / "host.onnx"}, protocol="tfserving", output="logits")
+    labels, labels_url = serve_onnx({"host": tmp_path / "host.onnx"}, protocol="simple")
+    try:
+        suspects = [f"tfserving+{scores_url}/v1/models/host:predict", f"{labels_url}/host"]
+        results = fm.verify_many(key, suspects)
+        assert [v.mode for v in results] == ["outputs", "labels"]
+        assert [v.report.evidence["mode"] for v in results] == ["outputs", "labels"]
+        assert all(v.report.owned for v in results)
+        assert fm.verify(key, suspects[0]).match_rate == pytest.approx(1.0, abs=1e-4)
+    finally:
+        scores.shutdown(), labels.shutdown()

@@ -1,6 +1,12 @@
-"""Verification of a suspect against a key: query it once with the key's n inputs (one batch, top-1
-labels), then let the key's own decision rule (fingermarks.evidence.rules) turn the answers into a
-verdict. Nothing here asks which method made the key."""
+"""Verification of a suspect against a key: query it once with the key's n inputs (one batch), then let
+the key's own decision rule (fingermarks.evidence.rules) turn the answers into a verdict. Nothing here
+asks which method made the key.
+
+A rule that reads scores (`uses_outputs`, UAP fingerprints) gets them where the suspect gives them
+(`outputs(x)`: a model file, an ONNX file, a server that answers scores): the *outputs* mode. Everything
+else, and every suspect that answers top-1 labels only, goes through the *label-only* mode.
+`query_suspect` + `verify_answers` is the one path that `verify_suspect`, `verify.py` and the Python
+API (`reports.record.verify_one`) share."""
 
 from __future__ import annotations
 
@@ -9,9 +15,12 @@ import torch
 from fingermarks.evidence.report import HOST, Report
 from fingermarks.evidence.rules import rule_for
 from fingermarks.key import Key
-from fingermarks.suspects import Suspect, check_compatible
+from fingermarks.suspects import Suspect, check_compatible, top1
 
-__all__ = ["HOST", "Report", "verify_labels", "verify_suspect"]
+__all__ = ["HOST", "Report", "query_suspect", "verify_answers", "verify_labels", "verify_suspect"]
+
+#: the two ways a suspect can answer: scores per class, or top-1 labels only
+MODES = ("outputs", "labels")
 
 
 def verify_labels(key: Key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
@@ -25,16 +34,33 @@ def verify_labels(key: Key, labels: torch.Tensor, expected_user: str | None = No
     return rule_for(key).decide(key, labels, expected_user)
 
 
+def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
+    """The suspect's answers to the key's queries, in one batch, and the mode they were asked in:
+    (N, m) scores ("outputs") when the key's rule reads scores and the suspect gives them, else (N,)
+    top-1 labels ("labels"). A server asked for outputs may still answer labels: then the mode is labels."""
+    check_compatible(suspect, key.data["input_shape"], key.data["num_classes"])
+    outputs = getattr(suspect, "outputs", None)
+    if getattr(rule_for(key), "uses_outputs", False) and outputs is not None:
+        answers = outputs(key.triggers)
+        if answers.dim() == 2 and answers.is_floating_point():
+            return answers, "outputs"
+        return top1(answers), "labels"
+    return top1(suspect.labels(key.triggers)), "labels"
+
+
+def verify_answers(key: Key, answers: torch.Tensor, mode: str, expected_user: str | None = None) -> Report:
+    """The verdict on answers from `query_suspect`: scores go to the rule's `decide_outputs`, labels to `decide`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown answer mode {mode!r}; choose outputs or labels")
+    if mode == "outputs":
+        return rule_for(key).decide_outputs(key, answers, expected_user)
+    return verify_labels(key, answers, expected_user)
+
+
 def verify_suspect(key: Key, suspect: Suspect, expected_user: str | None = None) -> Report:
     """Query the suspect once, with all n triggers in one batch, and verify its labels (or its
     scores, for a rule with `uses_outputs` and a suspect with `outputs(x)`)."""
-    check_compatible(suspect, key.data["input_shape"], key.data["num_classes"])
-    rule = rule_for(key)
-    outputs = getattr(suspect, "outputs", None)
-    if getattr(rule, "uses_outputs", False) and outputs is not None:
-        # a rule that reads scores (UAP fingerprints) gets them where the suspect gives them
-        report = rule.decide_outputs(key, outputs(key.triggers), expected_user)
-    else:
-        report = verify_labels(key, suspect.labels(key.triggers), expected_user)
+    answers, mode = query_suspect(key, suspect)
+    report = verify_answers(key, answers, mode, expected_user)
     report.suspect = suspect.name
     return report

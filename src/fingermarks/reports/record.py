@@ -20,7 +20,7 @@ from torch import nn
 from fingermarks.errors import FingermarksError
 from fingermarks.evidence.report import HOST, Report
 from fingermarks.key import Key
-from fingermarks.suspects import HttpSuspect, ModuleSuspect, Suspect, check_compatible, is_remote, one_line, open_suspect
+from fingermarks.suspects import HttpSuspect, ModuleSuspect, Suspect, is_remote, one_line, open_suspect, top1
 
 SECRET_ARGUMENT = re.compile(r"(?i)(headers\.[^=]*|password|token|secret[^=]*)=(.*)")
 
@@ -64,6 +64,8 @@ class Verification:
     software: dict[str, str] = field(default_factory=software_versions)
     #: the suspect's top-1 answers to the key's queries: key material, written only when asked
     labels: list[int] | None = None
+    #: how the suspect was asked: "outputs" (scores, for a rule that reads them) or "labels" (top-1 only)
+    mode: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -87,7 +89,8 @@ class Verification:
         data.update(complete=self.complete, verdict=self.verdict, error=self.error, sentence=self.sentence())
         data["provenance"] = {"suspect_kind": self.kind, "protocol": self.protocol, "suspect_sha256": self.sha256,
                               "key_digest": self.key_digest, "key_path": self.key_path, "started": self.started,
-                              "seconds": round(self.seconds, 3), "command": self.command, "software": self.software}
+                              "seconds": round(self.seconds, 3), "command": self.command, "software": self.software,
+                              "mode": self.mode}
         if key_material and self.labels is not None:
             data["answers"] = self.labels
         return data
@@ -107,7 +110,7 @@ def verify_one(key: Key, spec: str | os.PathLike | nn.Module | Suspect, *, http:
                command: str | None = None, catch: bool = True) -> Verification:
     """Open and verify one suspect; with `catch`, a failure (unreachable server, garbage answer, unreadable
     file) becomes an incomplete Verification carrying the one-line error instead of an exception."""
-    from fingermarks.verification import verify_labels
+    from fingermarks.verification import query_suspect, verify_answers
 
     name = spec if isinstance(spec, str) else getattr(spec, "name", None) or str(spec)
     if isinstance(spec, nn.Module):
@@ -120,10 +123,9 @@ def verify_one(key: Key, spec: str | os.PathLike | nn.Module | Suspect, *, http:
         suspect = spec if hasattr(spec, "labels") and not isinstance(spec, nn.Module) else open_suspect(spec, http, protocol)
         record.kind, record.protocol = describe(suspect)
         record.sha256 = getattr(suspect, "sha256", None)
-        check_compatible(suspect, key.data["input_shape"], key.data["num_classes"])
-        labels = suspect.labels(key.triggers)
-        record.labels = [int(v) for v in labels.tolist()]
-        record.report = verify_labels(key, labels, expected_user)
+        answers, record.mode = query_suspect(key, suspect)  # scores where the key's rule reads them
+        record.labels = [int(v) for v in top1(answers).tolist()]
+        record.report = verify_answers(key, answers, record.mode, expected_user)
         record.report.suspect = record.suspect
     except Exception as exc:
         if not catch:
@@ -147,6 +149,10 @@ def verdict_sentence(v: Verification) -> str:
     statistic = (f"it agrees with the nearest registered ID on {r.matches} of {r.valid_bits} readable triggers"
                  if r.rule == "code" and r.valid_bits is not None
                  else f"{r.matches} of {r.n_queries} triggers match under the '{r.rule or 'match'}' rule")
+    if r.question == "piracy":  # a fingerprint's statistic is a similarity, read from scores or from labels
+        mode = r.evidence.get("mode") or v.mode
+        statistic = (f"its fingerprint scores {r.match_rate:.3f} against ours ({mode} mode; {r.matches} of "
+                     f"{r.n_queries} queries answered with our model's label)")
     chance = f"a model made without our key does this with probability {fmt_p(r.p_value)}"
     line = f"{r.n_queries} queries; owned from a rate of {r.threshold:.3f}, this one {r.match_rate:.3f}"
     if not r.owned:
