@@ -251,3 +251,81 @@ def test_servers_answering_scores_or_labels_are_verified_in_their_mode(key, host
         assert fm.verify(key, suspects[0]).match_rate == pytest.approx(1.0, abs=1e-4)
     finally:
         scores.shutdown(), labels.shutdown()
+
+
+# -- the combined verdict: a tracing key and the UAP fingerprint of one host --------------------------------
+N_TRACE = 16
+
+
+@pytest.fixture(scope="module")
+def tracing_key(host, independent):
+    """A code-rule key of the same host, hand-made so that the host carries alice's ID (it plays her copy):
+    inputs where host and independent disagree, second labels neither answers, so the independent reads nothing."""
+    from fingermarks.key import Key, host_fingerprint
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4000, 1, 8, 8, generator=g)
+    a, b = predict_labels(host, x), predict_labels(independent, x)
+    x, a, b = x[a != b][:N_TRACE], a[a != b][:N_TRACE], b[a != b][:N_TRACE]
+    assert len(x) == N_TRACE
+    other = next_free = (a + 1) % 10
+    other = torch.where(next_free == b, (a + 2) % 10, next_free)
+    alice = torch.arange(N_TRACE) % 2
+    pairs = torch.stack([torch.where(alice == 1, other, a), torch.where(alice == 1, a, other)], 1)
+    key = Key(method="fingermarks", triggers=x, pairs=pairs, swap=torch.zeros(N_TRACE, dtype=torch.bool),
+              host_sha256=host_fingerprint(host), data={"name": "digits", "num_classes": 10, "input_shape": [1, 8, 8]},
+              decision={"rule": "code", "alpha": 1e-3, "min_margin": 2, "trace_alpha": 1e-3},
+              users={"alice": alice, "bob": 1 - alice}, id_acceptance={"alice": 1.0, "bob": 1.0},
+              secret=KeySecret.from_text("combined-tests").hex)
+    key.min_distance = key.achieved_distance()
+    return key
+
+
+def test_one_suspect_against_two_keys_gives_one_combined_verdict(tracing_key, key, host, independent, tmp_path):
+    import fingermarks as fm
+    from fingermarks.model_io import export_onnx
+
+    export_onnx(host, tmp_path / "host.onnx", [1, 8, 8])
+    r = fm.verify([tracing_key, key], tmp_path / "host.onnx")
+    parts = r.evidence["keys"]
+    assert r.owned and r.traced_user == "alice" and [k["owned"] for k in parts] == [True, True]
+    assert r.p_value == pytest.approx(min(1.0, 2 * min(k["p_value"] for k in parts)))
+    assert r.alpha == pytest.approx(1e-3 + 0.1) and r.n_queries == N_TRACE + key.n
+    assert parts[1]["evidence"]["mode"] == "outputs" and r.question == "tracing+piracy"
+    innocent = fm.verify([tracing_key, key], independent)
+    assert not innocent.owned and innocent.traced_user is None
+    assert [k["owned"] for k in innocent.evidence["keys"]] == [False, False]
+    # a label-only suspect: the fingerprint falls back to labels, the record says so per key
+    from fingermarks.reports import verify_one
+
+    v = verify_one([tracing_key, key], LabelsOnly(host))
+    assert v.complete and v.verdict == "owned" and v.mode == "labels+labels"
+    assert [k["mode"] for k in v.to_dict()["provenance"]["keys"]] == ["labels", "labels"]
+    assert "key 2 (uap) says owned (piracy, labels mode" in v.sentence()
+
+
+def test_verify_py_takes_a_list_of_keys(tracing_key, key, host, tmp_path):
+    import json
+
+    from conftest import run_cli
+    from fingermarks.model_io import export_onnx
+
+    export_onnx(host, tmp_path / "host.onnx", [1, 8, 8])
+    save_key(tracing_key, tmp_path / "fm.pt"), save_key(key, tmp_path / "uap.pt")
+    proc = run_cli(["verify.py", f"key=[{tmp_path / 'fm.pt'},{tmp_path / 'uap.pt'}]", f"suspect={tmp_path / 'host.onnx'}",
+                    f"report={tmp_path / 'r.json'}", f"html={tmp_path / 'r.html'}"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("key 1 (fingermarks, labels mode): OWNED") and lines[1].startswith("key 2 (uap, outputs mode)")
+    assert lines[2].startswith("combined: OWNED") and "traced to 'alice'" in lines[2]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verdict"] == "owned" and report["traced_user"] == "alice"
+    assert [k["method"] for k in report["evidence"]["keys"]] == ["fingermarks", "uap"]
+    assert len(report["provenance"]["keys"]) == 2 and "+" in report["provenance"]["key_digest"]
+    assert "IS our model" in (tmp_path / "r.html").read_text()
+    # keys of another host are refused in one line (exit status 2)
+    other = load_key(tmp_path / "fm.pt")
+    other.host_sha256 = "f" * 64
+    save_key(other, tmp_path / "other.pt")
+    proc = run_cli(["verify.py", f"key=[{tmp_path / 'other.pt'},{tmp_path / 'uap.pt'}]", f"suspect={tmp_path / 'host.onnx'}"])
+    assert proc.returncode == 2 and "different hosts" in proc.stderr

@@ -16,7 +16,8 @@ The Python API for verification (names load on first use, so `import fingermarks
 - `load_key(path) -> Key`
 - `open_suspect(spec, http=None, protocol="auto") -> Suspect`: `.labels(x)`, and `.outputs(x)` where it can
 - `verify(key, suspect, *, http=None, protocol="auto", expected_user=None) -> Report`: raises
-  `SuspectError`/`KeyFileError` (one-line messages) when the suspect cannot be verified
+  `SuspectError`/`KeyFileError` (one-line messages) when the suspect cannot be verified; `key` may be a
+  list of keys of one host (e.g. FingerMarks + UAP): one combined verdict, each key's report inside
 - `verify_labels(key, labels) -> Report`: the verdict on labels you obtained yourself
 - `verify_many(key, suspects, *, http=None, protocol="auto", workers=8) -> list[Verification]`: servers
   in parallel; a failure is an incomplete `Verification` (`.verdict == "incomplete"`, `.error`)
@@ -106,27 +107,40 @@ def _key(key: "Key | str | os.PathLike") -> "Key":
     return key if isinstance(key, Key) else load_key(key)
 
 
-def verify(key: "Key | str | os.PathLike", suspect: Any, *, http: Mapping | None = None, protocol: str = "auto",
-           expected_user: str | None = None) -> "Report":
+def _keys(key) -> "tuple[Key | list[Key], str | list[str] | None]":
+    """One key, or a list of keys (one combined verdict), with their paths where given as paths."""
+    if isinstance(key, (list, tuple)):
+        paths = [str(k) if isinstance(k, (str, os.PathLike)) else None for k in key]
+        return [_key(k) for k in key], (paths if all(paths) else None)
+    return _key(key), (str(key) if isinstance(key, (str, os.PathLike)) else None)
+
+
+def verify(key: "Key | str | os.PathLike | Sequence[Key | str | os.PathLike]", suspect: Any, *,
+           http: Mapping | None = None, protocol: str = "auto", expected_user: str | None = None) -> "Report":
     """The verdict on one suspect (a model file, an `.onnx` file, a server URL, an `nn.Module`, or an opened
-    Suspect), queried once with the key's triggers. Errors raise, as one-line `FingermarksError`s."""
+    Suspect), queried once with the key's triggers (scores where the key's rule reads them and the suspect
+    gives them, else labels). A list of keys of one host gives one combined verdict: owned when any key says
+    owned, Holm's p-value over the keys, each key's report in `evidence["keys"]`. Errors raise, as one-line
+    `FingermarksError`s."""
     from fingermarks.reports.record import verify_one
 
-    return verify_one(_key(key), suspect if not isinstance(suspect, os.PathLike) else str(suspect), http=http,
-                      protocol=protocol, expected_user=expected_user, catch=False).report
+    keys, key_path = _keys(key)
+    return verify_one(keys, suspect if not isinstance(suspect, os.PathLike) else str(suspect), http=http,
+                      protocol=protocol, expected_user=expected_user, key_path=key_path, catch=False).report
 
 
-def verify_many(key: "Key | str | os.PathLike", suspects: "str | os.PathLike | Sequence[str]", *,
-                http: Mapping | None = None, protocol: str = "auto", workers: int = 8) -> list["Verification"]:
+def verify_many(key: "Key | str | os.PathLike | Sequence[Key | str | os.PathLike]",
+                suspects: "str | os.PathLike | Sequence[str]", *, http: Mapping | None = None, protocol: str = "auto", workers: int = 8) -> list["Verification"]:
     """Verify many suspects (a folder, a comma list, a file of URLs/paths, or a list): servers in parallel on
     `workers` threads. Nothing raises for one suspect: a failure is an incomplete Verification."""
     from fingermarks.reports import collect_suspects
     from fingermarks.reports.batch import verify_many as run_many
 
-    key_path = str(key) if isinstance(key, (str, os.PathLike)) else None
+    keys, key_path = _keys(key)
+    skip = [] if key_path is None else [key_path] if isinstance(key_path, str) else key_path
     items = collect_suspects(suspects if isinstance(suspects, (str, os.PathLike)) else [str(s) for s in suspects],
-                             skip=[key_path] if key_path else [])
-    return run_many(_key(key), items, http=http, protocol=protocol, workers=workers, key_path=key_path)
+                             skip=skip)
+    return run_many(keys, items, http=http, protocol=protocol, workers=workers, key_path=key_path)
 
 
 # -- the owner's side: host, key, embedding (the steps of fingermarks.pipeline.run) ------------------------

@@ -14,7 +14,7 @@ from fingermarks.errors import ConfigError
 from fingermarks.files import atomic_write, save_json, write_csv
 from fingermarks.key import Key
 from fingermarks.reports.html import write_html
-from fingermarks.reports.record import Verification, fmt_p, verify_one
+from fingermarks.reports.record import Verification, check_combinable, fmt_p, verify_one
 from fingermarks.suspects import is_remote
 
 MODEL_SUFFIXES = (".onnx", ".ckpt", ".pt", ".pth")
@@ -71,11 +71,14 @@ def file_names(suspects: Sequence[str], base: str | None = None) -> list[str]:
     return names
 
 
-def verify_many(key: Key, suspects: Sequence[str], *, http: Mapping | None = None, protocol: str = "auto",
-                workers: int = 8, key_path: str | None = None, command: str | None = None,
+def verify_many(key: Key | Sequence[Key], suspects: Sequence[str], *, http: Mapping | None = None, protocol: str = "auto",
+                workers: int = 8, key_path: str | Sequence[str] | None = None, command: str | None = None,
                 on_done: Callable[[int, Verification], None] | None = None) -> list[Verification]:
     """Verify every suspect; servers go to a pool of `workers` threads while files are verified here.
-    Nothing raises for one suspect: a failure is an incomplete Verification. Results keep the input order."""
+    Nothing raises for one suspect: a failure is an incomplete Verification. Results keep the input order.
+    Several keys (a list) give each suspect one combined verdict (reports.record.verify_combined)."""
+    if not isinstance(key, Key):
+        check_combinable(list(key))  # bad input fails once, before any suspect is queried
     results: list[Verification | None] = [None] * len(suspects)
     remote = [k for k, s in enumerate(suspects) if is_remote(s)]
     local = [k for k in range(len(suspects)) if k not in set(remote)]

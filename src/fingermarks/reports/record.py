@@ -12,12 +12,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from fingermarks.errors import FingermarksError
+from fingermarks.errors import ConfigError, FingermarksError
 from fingermarks.evidence.report import HOST, Report
 from fingermarks.key import Key
 from fingermarks.suspects import HttpSuspect, ModuleSuspect, Suspect, is_remote, one_line, open_suspect, top1
@@ -66,6 +66,8 @@ class Verification:
     labels: list[int] | None = None
     #: how the suspect was asked: "outputs" (scores, for a rule that reads them) or "labels" (top-1 only)
     mode: str | None = None
+    #: a combined verdict (several keys): each key's own verification, in the keys' order
+    parts: list["Verification"] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -91,8 +93,13 @@ class Verification:
                               "key_digest": self.key_digest, "key_path": self.key_path, "started": self.started,
                               "seconds": round(self.seconds, 3), "command": self.command, "software": self.software,
                               "mode": self.mode}
+        if self.parts:  # a combined verdict: where each key's evidence came from
+            data["provenance"]["keys"] = [{"key_digest": p.key_digest, "key_path": p.key_path, "mode": p.mode,
+                                           "seconds": round(p.seconds, 3), "error": p.error} for p in self.parts]
         if key_material and self.labels is not None:
             data["answers"] = self.labels
+        if key_material and self.parts:
+            data["answers"] = [p.labels for p in self.parts]
         return data
 
 
@@ -105,17 +112,32 @@ def describe(suspect: Suspect) -> tuple[str, str | None]:
     return "file", None
 
 
-def verify_one(key: Key, spec: str | os.PathLike | nn.Module | Suspect, *, http: Mapping | None = None,
-               protocol: str = "auto", expected_user: str | None = None, key_path: str | None = None,
+def suspect_name(spec) -> str:
+    if isinstance(spec, nn.Module):
+        return "module"
+    return str(spec if isinstance(spec, str) else getattr(spec, "name", None) or spec)
+
+
+def one_line_error(exc: Exception) -> str:
+    text = str(exc) if isinstance(exc, FingermarksError) else f"{type(exc).__name__}: {exc}"
+    return one_line(text) or type(exc).__name__
+
+
+def verify_one(key: Key | Sequence[Key], spec: str | os.PathLike | nn.Module | Suspect, *, http: Mapping | None = None,
+               protocol: str = "auto", expected_user: str | None = None, key_path: str | Sequence[str] | None = None,
                command: str | None = None, catch: bool = True) -> Verification:
     """Open and verify one suspect; with `catch`, a failure (unreachable server, garbage answer, unreadable
-    file) becomes an incomplete Verification carrying the one-line error instead of an exception."""
+    file) becomes an incomplete Verification carrying the one-line error instead of an exception.
+    Several keys (a list) give one combined verdict (`verify_combined`)."""
     from fingermarks.verification import query_suspect, verify_answers
 
-    name = spec if isinstance(spec, str) else getattr(spec, "name", None) or str(spec)
-    if isinstance(spec, nn.Module):
-        name = "module"
-    record = Verification(suspect=str(name), key_digest=key.digest(), key_path=key_path, command=command,
+    if not isinstance(key, Key):
+        keys = list(key)
+        if len(keys) != 1:
+            return verify_combined(keys, spec, http=http, protocol=protocol, expected_user=expected_user,
+                                   key_paths=key_path, command=command, catch=catch)
+        key, key_path = keys[0], (key_path[0] if isinstance(key_path, (list, tuple)) else key_path)
+    record = Verification(suspect=suspect_name(spec), key_digest=key.digest(), key_path=key_path, command=command,
                           started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                           kind="server" if is_remote(spec) else "file")
     start = time.perf_counter()
@@ -130,8 +152,69 @@ def verify_one(key: Key, spec: str | os.PathLike | nn.Module | Suspect, *, http:
     except Exception as exc:
         if not catch:
             raise
-        text = str(exc) if isinstance(exc, FingermarksError) else f"{type(exc).__name__}: {exc}"
-        record.error = one_line(text) or type(exc).__name__
+        record.error = one_line_error(exc)
+    record.seconds = time.perf_counter() - start
+    return record
+
+
+def check_combinable(keys: Sequence[Key]) -> None:
+    """Refuse, in one line, keys that cannot share one ownership verdict: none, another host, or a key
+    that answers another question (integrity)."""
+    from fingermarks.evidence.combine import COMBINABLE
+    from fingermarks.evidence.rules import rule_for
+
+    if not keys:
+        raise ConfigError("no key given")
+    hosts = {k.host_sha256 for k in keys}
+    if len(hosts) > 1:
+        raise ConfigError(f"the keys were made for different hosts ({', '.join(sorted(h[:12] for h in hosts))}); "
+                          "a combined verdict needs keys of one host")
+    for k, key in enumerate(keys):
+        question = rule_for(key).question
+        if question not in COMBINABLE:
+            raise ConfigError(f"key {k + 1} ({key.method}) answers '{question}', not ownership: verify it on its own")
+
+
+def verify_combined(keys: Sequence[Key], spec: str | os.PathLike | nn.Module | Suspect, *, http: Mapping | None = None,
+                    protocol: str = "auto", expected_user: str | None = None,
+                    key_paths: str | Sequence[str] | None = None, command: str | None = None,
+                    catch: bool = True) -> Verification:
+    """One suspect against several keys of one host (e.g. FingerMarks for tracing, UAP for distilled copies):
+    each key's own verification (in `parts`), and one combined report (evidence.combine): owned when any
+    key says owned, Holm's p-value over the keys, the user from the tracing key."""
+    from fingermarks.evidence.combine import combine_reports
+
+    check_combinable(keys)  # bad input: raises even with `catch`
+    paths = list(key_paths) if isinstance(key_paths, (list, tuple)) else [key_paths] * len(keys)
+    names = [f"key {k + 1} ({key.method})" for k, key in enumerate(keys)]
+    record = Verification(suspect=suspect_name(spec), key_digest="+".join(k.digest() for k in keys),
+                          key_path=",".join(p for p in paths if p) or None, command=command,
+                          started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          kind="server" if is_remote(spec) else "file")
+    start = time.perf_counter()
+    try:  # open once: a file is read and hashed once, a server configured once
+        suspect = spec if hasattr(spec, "labels") and not isinstance(spec, nn.Module) else open_suspect(spec, http, protocol)
+    except Exception as exc:
+        if not catch:
+            raise
+        record.error = one_line_error(exc)
+        record.seconds = time.perf_counter() - start
+        return record
+    record.kind, record.protocol = describe(suspect)
+    record.sha256 = getattr(suspect, "sha256", None)
+    record.parts = [verify_one(key, suspect, expected_user=expected_user, key_path=path, command=command, catch=catch)
+                    for key, path in zip(keys, paths)]
+    for name, part in zip(names, record.parts):
+        part.suspect = record.suspect
+        if part.report is not None:
+            part.report.suspect = record.suspect
+    failed = [(name, part) for name, part in zip(names, record.parts) if not part.complete]
+    record.mode = "+".join(str(part.mode) for part in record.parts)
+    if failed:
+        record.error = "; ".join(f"{name}: {part.error}" for name, part in failed)
+    else:
+        record.report = combine_reports([part.report for part in record.parts], names)
+        record.report.suspect = record.suspect
     record.seconds = time.perf_counter() - start
     return record
 
@@ -155,6 +238,15 @@ def verdict_sentence(v: Verification) -> str:
                      f"{r.n_queries} queries answered with our model's label)")
     chance = f"a model made without our key does this with probability {fmt_p(r.p_value)}"
     line = f"{r.n_queries} queries; owned from a rate of {r.threshold:.3f}, this one {r.match_rate:.3f}"
+    if "combination" in r.evidence:  # several keys: each key's word, then the union's
+        statistic = "; ".join(
+            f"{k['key']} says {'owned' if k['owned'] else 'not owned'} ({k['question']}"
+            + (f", {k['evidence']['mode']} mode" if "mode" in k["evidence"] else "") + f", p {fmt_p(k['p_value'])})"
+            for k in r.evidence["keys"])
+        chance = f"a model made without our keys does this with probability {fmt_p(r.p_value)}, Holm over the keys"
+        line = f"{r.n_queries} queries; owned when any key says owned, false-claim probability <= {r.alpha:g}"
+        if not r.owned:
+            return f"{v.suspect} is NOT shown to be our model: {statistic} ({chance}); {line}."
     if not r.owned:
         return (f"{v.suspect} is NOT shown to be our model: {statistic} ({chance}, above alpha {r.alpha:g}); "
                 f"{line}.")
