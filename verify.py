@@ -7,8 +7,10 @@
     python verify.py key=key.pt suspect=torchserve+http://127.0.0.1:8080/user1     # TorchServe
     python verify.py key=key.pt suspect=tfserving+http://127.0.0.1:8501/user1      # TF-Serving REST
     python verify.py key=key.pt suspects=found/ report=reports/                    # many: a folder, [a,b], or a file of URLs
+    python verify.py key=[fingermarks.pt,uap.pt] suspect=found.onnx                # one combined verdict over two keys
 
-Each suspect is queried once for top-1 labels on the key's n triggers. With `suspects=`, servers are
+Each suspect is queried once on the key's n triggers: for top-1 labels, or for its scores where the key's
+rule reads them (UAP fingerprints) and the suspect gives them. With `suspects=`, servers are
 queried in parallel; `report=` gets one JSON and one HTML page per suspect and the table of verdicts
 (verdicts.csv, verdicts.md). The exit status is 0 when every verification completed (owned or not), 1
 when any is incomplete, 2 for bad input.
