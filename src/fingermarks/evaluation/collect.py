@@ -30,8 +30,8 @@ EVASION_AXES = frozenset({"fpr"})
 
 
 #: columns a robustness.csv of an earlier version may lack, with the value that means "not measured"
-NEW_COLUMNS = {"colluders": None, "innocent_accused": False, "attacker_images": None, "host_attacker_acc": None,
-               "triggers_flagged": None, "clean_flagged": None}
+NEW_COLUMNS = {"colluders": None, "innocent_accused": False, "accused": None, "attacker_images": None,
+               "host_attacker_acc": None, "triggers_flagged": None, "clean_flagged": None}
 
 
 def read_sweep(sweep_dir: str | Path) -> pd.DataFrame:

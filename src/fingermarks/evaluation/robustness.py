@@ -30,6 +30,8 @@ COLUMNS = (
     # the attacker and the colluders (a superset of the columns above, which keep their meaning; with
     # colluders, `user` is the first of them and `traced_correctly` means "a colluder named")
     "colluders", "innocent_accused", "attacker_images", "host_attacker_acc",
+    # every user the verdict accuses (`;`-joined; the traced user and the rule's per-user accusations)
+    "accused",
     # query evasion only: the share of the key's triggers and of the test images the detector flags
     "triggers_flagged", "clean_flagged",
 )
@@ -63,12 +65,13 @@ def curve_row(attack: Attack, strength: float, report, clean_acc: float, base_cl
     """One tidy row: the point on the axis, the attacked model's accuracy and the verdict's evidence.
 
     `colluders`: the users whose models the attacked suspect is made of (default: `user` alone).
-    Tracing is right when it names one of them ("a colluder named"; for a fingerprint, with no user:
-    nobody named) and an innocent is accused when it names anyone else. `bit_errors` counts the read
-    bits against the nearest colluder.
+    Tracing is right when it names one of them, as the traced user or among the accused ("a colluder
+    named"; for a fingerprint, with no user: nobody named) and an innocent is accused when it names
+    anyone else, in either place. `bit_errors` counts the read bits against the nearest colluder.
     """
     colluders = [user] if colluders is None else list(colluders)
     named = report.traced_user
+    accused = list(dict.fromkeys(([named] if named is not None else []) + list(getattr(report, "accused", None) or [])))
     guilty = [c for c in colluders if c is not None]
     distances = [report.distances[c] for c in guilty if c in report.distances]
     bit_errors = min(distances) if distances else None
@@ -81,14 +84,14 @@ def curve_row(attack: Attack, strength: float, report, clean_acc: float, base_cl
         "match_rate": report.match_rate, "threshold": report.threshold, "owned": report.owned, "p_value": report.p_value,
         "bit_acc": report.bit_acc, "traced_user": named,
         # a fingerprint has no user: then "traced correctly" means "not pinned on anyone"
-        "traced_correctly": named in guilty if guilty else named is None,
+        "traced_correctly": any(u in guilty for u in accused) if guilty else not accused,
         "hamming": report.hamming, "margin": report.margin,
         "bit_errors": bit_errors, "erasures": erasures, "n_triggers": key.n,
         "min_distance": key.min_distance, "min_margin": min_margin,
         "decodable": decodable(bit_errors, erasures, key.min_distance, min_margin),
         "colluders": ";".join(str(c) for c in guilty) or None,
-        "innocent_accused": named is not None and named not in guilty,
-        "attacker_images": None, "host_attacker_acc": None, "triggers_flagged": None, "clean_flagged": None,
+        "innocent_accused": any(u not in guilty for u in accused), "attacker_images": None, "host_attacker_acc": None,
+        "accused": ";".join(accused) or None, "triggers_flagged": None, "clean_flagged": None,
         **(extra or {}),
     }
 
@@ -121,10 +124,10 @@ def robustness_curve(attack: Attack, model, key: Key, user, ctx: RunContext, dat
                                            .float().mean())
         row = curve_row(attack, strength, report, deployed_accuracy(suspect, data.test), sum(base[:k]) / k, key,
                         users[0], ctx.datamodule.name, colluders=users[:k], extra=extra)
-        log.info("%s %s=%s: clean_acc %.4f (drop %.1f pts), match %.3f, bit_acc %s, owned %s, traced %s%s",
+        log.info("%s %s=%s: clean_acc %.4f (drop %.1f pts), match %.3f, bit_acc %s, owned %s, traced %s, accused %s%s",
                  attack.name, attack.axis, strength, row["clean_acc"], row["acc_drop"], row["match_rate"],
                  "-" if row["bit_acc"] is None else f"{row['bit_acc']:.3f}", row["owned"], row["traced_user"],
-                 " (INNOCENT)" if row["innocent_accused"] else "")
+                 row["accused"] or "nobody", " (INNOCENT)" if row["innocent_accused"] else "")
         rows.append(row)
     return rows
 

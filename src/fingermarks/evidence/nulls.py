@@ -7,6 +7,9 @@
   to be drawn from (`Key.id_acceptance`: that region's share of all words), so its chance of any
   outcome is at most 1/acceptance times the uniform chance; a union over the registered users
   bounds the chance that any of them agrees this well.
+- **Accusation** (collusion): the same null per user, union over the U registered users, names
+  every user whose own score is improbable for an innocent; an innocent ID is independent of what
+  the colluders built, so the chance of accusing any innocent is <= alpha whatever they did.
 - The **pool null** is for statistics with no secret behind them (IPGuard's recorded label, the
   paper's pair rule): a beta-binomial fitted to the match counts of the owner's pool of
   independently trained models, because matches within one model are correlated (a plain
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -23,6 +27,7 @@ import numpy as np
 from scipy import optimize, stats
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure: accusing a registry (or a sweep of suspects) asks the same tails again
 def weighted_sign_sf(score: float, v_one: int, v_zero: int, w_one: float = 1.0, w_zero: float = 1.0) -> float:
     """P[S >= score] for S = w_one*(2*X1 - v_one) + w_zero*(2*X0 - v_zero), X1 ~ Bin(v_one, 1/2), X0 ~ Bin(v_zero, 1/2).
 
@@ -57,6 +62,35 @@ def code_threshold(v_one: int, v_zero: int, acceptance: Sequence[float], alpha: 
         if s <= top and code_p_value(s, v_one, v_zero, acceptance, w_one, w_zero) <= alpha:
             return float(s)
     return math.inf
+
+
+def accusation_p_values(scores: Sequence[float], v_one: int, v_zero: int, acceptance: Sequence[float],
+                        w_one: float = 1.0, w_zero: float = 1.0) -> np.ndarray:
+    """Per registered user, `U * P[S >= score_u] / acceptance_u` (capped at 1): the accusation p-values.
+
+    An innocent user's ID was drawn without looking at the suspect, so whatever the colluders did
+    (average their weights, vote, flip bits), that user's score is the null's S and its chance to
+    reach `score_u` is at most the fair-coin tail divided by the share of words the ID could be
+    drawn from. Accusing every user whose value is <= alpha therefore accuses an innocent with
+    probability <= alpha: a union over at most U innocent users of chances <= alpha / U each.
+    Keys draw IDs at a minimum distance, so an innocent drawn before the colluders only pushed their
+    IDs away from its own (checked by Monte Carlo on drawn registries in tests/test_accusation.py).
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.size == 0:
+        return np.ones(0)
+    if len(acceptance) != len(scores):
+        raise ValueError(f"{len(scores)} scores for {len(acceptance)} acceptance shares")
+    # one tail per distinct score: a registry of thousands shares a few dozen score values
+    tail = {s: weighted_sign_sf(s, v_one, v_zero, w_one, w_zero) for s in set(scores.tolist())}
+    sf = np.array([tail[s] for s in scores.tolist()])
+    return np.minimum(1.0, len(scores) * sf / np.asarray(acceptance, dtype=float))
+
+
+def accused(names: Sequence[str], p_values: Sequence[float], alpha: float) -> list[str]:
+    """The users whose accusation p-value is <= alpha, strongest evidence first (ties in registry order)."""
+    order = np.argsort(np.asarray(p_values, dtype=float), kind="stable")
+    return [names[k] for k in order if p_values[k] <= alpha]
 
 
 # -- pool null ---------------------------------------------------------------------------

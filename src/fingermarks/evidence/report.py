@@ -38,6 +38,9 @@ class Report:
     bit_acc: float | None = None
     valid_bits: int | None = None
     distances: dict[str, int] = field(default_factory=dict)
+    #: every user named under a per-user bound (collusion: colluders tie, so `traced_user` names nobody),
+    #: strongest evidence first; the chance that any innocent user is in it is <= `evidence["accusation_alpha"]`
+    accused: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
     suspect: str | None = None
     #: integrity only: whether the suspect differs from the shipped model, and how many recorded labels changed
@@ -63,4 +66,8 @@ class Report:
         elif self.owned and self.distances:
             nearest = min(self.distances, key=self.distances.get)
             line += f"; traced to nobody (nearest '{nearest}' at hamming {self.hamming}, margin {self.margin})"
+        if self.owned and self.accused and self.accused != [self.traced_user]:
+            bound = self.evidence.get("accusation_alpha")
+            line += f"; accused: {', '.join(repr(u) for u in self.accused)}" + (
+                f" (chance any innocent is accused <= {bound:g})" if bound is not None else "")
         return line

@@ -23,8 +23,8 @@ import torch
 
 from fingermarks.codes import ERASED, decode, hamming
 from fingermarks.errors import KeyFileError
-from fingermarks.evidence.nulls import (beta_binomial_sf, code_p_value, code_threshold, fit_beta_binomial,
-                                        pool_p_value)
+from fingermarks.evidence.nulls import (accusation_p_values, accused, beta_binomial_sf, code_p_value, code_threshold,
+                                        fit_beta_binomial, pool_p_value)
 from fingermarks.evidence.report import HOST, Report
 from fingermarks.stats import tracing_p_value
 
@@ -105,6 +105,13 @@ class CodeRule(DecisionRule):
     benchmarks/tracing_channel.py). Each readable trigger then adds +w for agreeing with a user's
     ID and -w for disagreeing; under the null each sign is a fair coin, so the bound stays exact
     for any weights fixed before the suspect is seen. Equal weights give plain agreement.
+
+    `traced_user` is the nearest ID when it beats the runner-up by `min_margin`. Colluders who
+    average their weights or vote tie with each other, so that names nobody; `accused` names every
+    user whose own score an innocent ID reaches with chance <= trace_alpha / U (evidence.nulls.
+    accusation_p_values): any innocent is accused with probability <= trace_alpha, and a colluder of
+    a vote agrees on about 3/4 of the readable triggers, so collusion tracing needs enough triggers
+    (benchmarks/collusion_tracing.py).
     """
 
     name = "code"
@@ -154,6 +161,11 @@ class CodeRule(DecisionRule):
         traced = best if (owned and p <= float(self.d["trace_alpha"]) and unique
                           and margin >= int(self.d["min_margin"])) else None
         host_dist = int(hamming(key.read_bits(labels), key.host_bits()))
+        # colluders tie with each other, so nobody is the nearest by a margin: accuse each user on their own score
+        trace_alpha = float(self.d["trace_alpha"])
+        acc_p = accusation_p_values(score.tolist(), v_j, v_i, acceptance, w["j"], w["i"])
+        named = accused(names, acc_p.tolist(), trace_alpha) if owned else []
+        row = {u: k for k, u in enumerate(names)}
         return Report(
             method=key.method, question="tracing", rule=self.name, owned=owned,
             match_rate=best_agree / n, matches=best_agree, n_queries=n,
@@ -169,8 +181,13 @@ class CodeRule(DecisionRule):
             traced_user=traced, hamming=int(dist[order[0]]), margin=margin,
             runner_up=names[int(order[1])] if len(names) > 1 else None,
             trace_p_value=p, bit_acc=_bit_acc(key, labels, expected_user or traced), valid_bits=valid,
-            distances={u: int(d) for u, d in zip(names, dist)} | {HOST: host_dist},
+            distances={u: int(d) for u, d in zip(names, dist)} | {HOST: host_dist}, accused=named,
             evidence={"nearest_user": best, "score": best_score, "score_threshold": need, "readable": valid,
+                      "accusation_alpha": trace_alpha, "accusation_p_values": {u: float(acc_p[row[u]]) for u in named},
+                      "nearest_user_accusation_p": float(acc_p[int(order[0])]),
+                      "accusation_how": (f"each of the {len(names)} registered users on their own score: {len(names)} x the chance "
+                                         f"an innocent ID scores as well / its draw-region share <= {trace_alpha:g}; an "
+                                         f"innocent ID is independent of whatever the colluders built"),
                       "reads_j": v_j, "reads_i": v_i, "agreements": best_agree,
                       "pair_match_rate": valid / n, "host_pattern_distance": host_dist},
         )
@@ -254,6 +271,7 @@ class PoolRule(DecisionRule):
               and p_trace <= self.d.get("trace_alpha", 0.05))
         report.question = "tracing"
         report.traced_user = dec.user if ok else None
+        report.accused = [report.traced_user] if ok else []  # no per-user bound here: the traced user is the only one named
         report.hamming, report.margin, report.runner_up = dec.hamming, dec.margin, dec.runner_up
         report.trace_p_value, report.valid_bits, report.distances = p_trace, dec.valid_bits, dec.distances
         report.bit_acc = _bit_acc(key, labels, expected_user or report.traced_user)
