@@ -322,7 +322,8 @@ def test_verify_py_takes_a_list_of_keys(tracing_key, key, host, tmp_path):
     assert report["verdict"] == "owned" and report["traced_user"] == "alice"
     assert [k["method"] for k in report["evidence"]["keys"]] == ["fingermarks", "uap"]
     assert len(report["provenance"]["keys"]) == 2 and "+" in report["provenance"]["key_digest"]
-    assert "IS our model" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "IS our model" in page and "<h2>Each key</h2>" in page and "key 2 (uap)" in page
     # keys of another host are refused in one line (exit status 2)
     other = load_key(tmp_path / "fm.pt")
     other.host_sha256 = "f" * 64

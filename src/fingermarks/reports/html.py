@@ -76,6 +76,13 @@ def render_html(v: Verification, key: Key | None = None, key_material: bool = Fa
                       ("runner-up", r.runner_up), ("tracing p-value", fmt_p(r.trace_p_value)),
                       ("readable triggers", r.valid_bits)]
         parts.append(rows(stats))
+        if "combination" in r.evidence:  # a combined verdict: each key's own word, with its own bound
+            parts.append("<h2>Each key</h2>")
+            parts.append(rows([(k["key"], f"{'owned' if k['owned'] else 'not owned'} ({k['question']}, "
+                                          f"{k['evidence'].get('mode', 'labels')} mode): statistic {k['match_rate']:.3f} vs "
+                                          f"threshold {k['threshold']:.3f}, p-value {fmt_p(k['p_value'])} (Holm "
+                                          f"{fmt_p(h)}), alpha {k['alpha']:g}")
+                               for k, h in zip(r.evidence["keys"], r.evidence["combination"]["holm_p_values"])]))
         parts.append("<h2>Agreement with the registered IDs</h2>")
         parts.append('<p class="note">Distances only: how many readable triggers agree with each registered ID (and with '
                      "the host's own answer pattern). A model made without the key agrees with any ID on about half.</p>")
