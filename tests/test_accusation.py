@@ -181,3 +181,15 @@ def test_robustness_row_counts_accused_colluders_and_accused_innocents(key: Key)
     report.traced_user = "user2"  # a traced innocent still counts, with or without the accused list
     row = curve_row(attack, 3, report, 0.9, 0.9, key, "user1", "digits", colluders=["user1", "user4", "user6"])
     assert not row["traced_correctly"] and row["innocent_accused"] and row["accused"] == "user2"
+
+
+def test_verify_printout_and_evidence_page_show_the_accused(key: Key) -> None:
+    from fingermarks.reports import Verification, render_html
+
+    report = verify_labels(key, vote_labels(key, ["user1", "user4", "user6"]))
+    report.traced_user = None  # as when the colluders tie
+    assert f"accused: {', '.join(repr(u) for u in report.accused)}" in report.summary()
+    v = Verification(suspect="vote.onnx", report=report)
+    assert "the evidence accuses" in v.sentence() and all(repr(u) in v.sentence() for u in report.accused)
+    page = render_html(v)
+    assert "accused users" in page and all(u in page for u in report.accused)

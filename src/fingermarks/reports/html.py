@@ -75,6 +75,11 @@ def render_html(v: Verification, key: Key | None = None, key_material: bool = Fa
                       ("Hamming distance to the nearest ID", r.hamming), ("margin to the runner-up", r.margin),
                       ("runner-up", r.runner_up), ("tracing p-value", fmt_p(r.trace_p_value)),
                       ("readable triggers", r.valid_bits)]
+            if r.rule == "code" or r.accused:  # collusion: every user named on their own score
+                p = r.evidence.get("accusation_p_values", {})
+                stats.append(("accused users (each on their own score; the chance that any innocent is accused is "
+                              f"<= {r.evidence.get('accusation_alpha', r.alpha):g})",
+                              ", ".join(f"{u} (p {fmt_p(p[u])})" if u in p else u for u in r.accused) or "nobody"))
         parts.append(rows(stats))
         if "combination" in r.evidence:  # a combined verdict: each key's own word, with its own bound
             parts.append("<h2>Each key</h2>")

@@ -252,6 +252,10 @@ def verdict_sentence(v: Verification) -> str:
                 f"{line}.")
     who = (f"it carries the ID of user '{r.traced_user}'" if r.traced_user is not None
            else "no single registered user is named (the evidence does not single one out)")
+    if r.traced_user is None and r.accused:  # colluders tie with each other, but each stands out from the innocent
+        who = (f"no single user stands out, but the evidence accuses {', '.join(repr(u) for u in r.accused)} (copies "
+               f"combined, e.g. averaged or voting; the chance that any innocent registered user is accused is at most "
+               f"{r.evidence.get('accusation_alpha', r.alpha):g})")
     if r.traced_user is None and r.distances and min(r.distances, key=r.distances.get) == HOST:
         who = "it answers like the host itself, not like a user's copy"
     return f"{v.suspect} IS our model: {statistic} ({chance}); {who}. ({line}.)"
