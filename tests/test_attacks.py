@@ -289,6 +289,37 @@ def test_distill_trains_a_fresh_student_on_the_victims_labels(victim, data, ctx)
     assert other.arch_name == "vgg11" and other.num_classes == 10
 
 
+def test_extract_trains_a_fresh_student_per_query_budget(victim, data, ctx):
+    from fingermarks.attacks import Extract
+
+    x = data.train.tensors()[0]
+    teacher = predict_labels(victim, x)
+    student = lambda **kw: SmallCNN(width=4, **kw)  # noqa: E731
+    for labels in ("hard", "soft"):
+        attack = Extract([400, 20], labels=labels, student=student, steps=80, batch_size=32)
+        out = list(attack.run(victim, data, ctx))
+        assert [s for s, _ in out] == [20, 400] and out[1][1].name == "extract@queries=400"
+        models_ = [m.model for _, m in out]
+        assert models_[0] is not models_[1] and all(m is not victim and isinstance(m, SmallCNN) for m in models_)
+        agree = float((predict_labels(models_[1], x) == teacher).float().mean())
+        assert agree > 0.5, (labels, agree)  # 400 queries (256 images and shifted copies) teach the victim's labels
+    with pytest.raises(ConfigError, match="hard or soft"):
+        Extract([100], labels="probabilities")
+    with pytest.raises(ConfigError, match="budgets must be >= 1"):
+        Extract([0, 100])
+
+
+def test_student_architectures_are_config_options(composed):
+    from fingermarks.attacks import Extract
+
+    for name, arch in (("small_cnn", "SmallCNN"), ("wide_cnn", "BNCNN"), ("resnet18", "ResNet18"), ("mlp", "MLP")):
+        node = composed[f"attack=extract_soft attack/student={name}"]
+        attack = make_attack(node)
+        assert isinstance(attack, Extract) and attack.labels == "soft" and node.student._target_.endswith(arch)
+    assert make_attack(composed["attack=distill attack/student=resnet18"]).student is not None
+    assert make_attack(composed["attack=distill seed=7"]).student is None  # the victim's own architecture
+
+
 # -- collusion ------------------------------------------------------------------------------------
 
 
@@ -371,6 +402,8 @@ def composed():
     from hydra import compose, initialize_config_dir
 
     variants = [[f"attack={name}", "seed=7"] for name in ATTACK_CONFIGS] + [["attack=ftll", "attack/optimizer=adam"]]
+    variants += [["attack=extract_soft", f"attack/student={s}"] for s in ("small_cnn", "wide_cnn", "resnet18", "mlp")]
+    variants += [["attack=distill", "attack/student=resnet18"]]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         return {" ".join(o): compose("config", overrides=o).attack for o in variants}
 

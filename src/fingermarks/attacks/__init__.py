@@ -11,6 +11,7 @@ from fingermarks.attacks.base import Attack, AttackerData, attacker_data, choose
 from fingermarks.attacks.collusion import CollusionAverage, CollusionFinetune, CollusionVote, VoteSuspect
 from fingermarks.attacks.distill import Distill
 from fingermarks.attacks.evasion import DetectorSuspect, Evasion
+from fingermarks.attacks.extract import Extract
 from fingermarks.attacks.fine_prune import FinePrune
 from fingermarks.attacks.ftal import FTAL
 from fingermarks.attacks.ftll import FTLL
@@ -24,7 +25,7 @@ from fingermarks.attacks.rtal import RTAL
 #: attack classes by their own name (a config preset such as `ftal_adam` instantiates one of these)
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (FTAL, FTLL, RTAL, Prune, FinePrune, AdvTrain, AdvTrainPGD, InputNoise, Quantize, OnnxInt8,
-                              Distill, CollusionAverage, CollusionVote, CollusionFinetune, Evasion)
+                              Distill, Extract, CollusionAverage, CollusionVote, CollusionFinetune, Evasion)
 }
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "DetectorSuspect",
     "Distill",
     "Evasion",
+    "Extract",
     "FTAL",
     "FTLL",
     "FinePrune",

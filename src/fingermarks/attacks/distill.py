@@ -18,6 +18,15 @@ from fingermarks.models import build_model
 from fingermarks.suspects import ModuleSuspect
 
 
+def fresh_student(student: Callable[..., nn.Module] | None, victim: nn.Module, ctx: RunContext) -> nn.Module:
+    """A freshly initialised student: the victim's own architecture (None), or a partial model constructor
+    completed with the data's class count, input shape and normalisation."""
+    if student is None:
+        return build_model(victim.arch_name, **victim.arch_kwargs)
+    dm = ctx.datamodule
+    return student(num_classes=dm.num_classes, input_shape=list(dm.input_shape), mean=list(dm.mean), std=list(dm.std))
+
+
 class Distill(Attack):
     """`student`: None for the victim's own architecture, freshly initialised; or a partial model
     constructor (Hydra `_partial_: true`) completed with the data's class count, input shape and
@@ -33,10 +42,7 @@ class Distill(Attack):
         self.student = student
 
     def make_student(self, victim: nn.Module, ctx: RunContext) -> nn.Module:
-        if self.student is None:
-            return build_model(victim.arch_name, **victim.arch_kwargs)
-        dm = ctx.datamodule
-        return self.student(num_classes=dm.num_classes, input_shape=list(dm.input_shape), mean=list(dm.mean), std=list(dm.std))
+        return fresh_student(self.student, victim, ctx)
 
     def run(self, model: nn.Module, data: AttackerData, ctx: RunContext) -> Iterator[tuple[float, ModuleSuspect]]:
         L.seed_everything(self.seed, workers=True)

@@ -25,6 +25,8 @@ TITLES = {
     "input_noise": "Gaussian input noise",
     "quantize": "Weight quantization",
     "distill": "Distillation (model extraction)",
+    "extract": "Extraction, top-1 labels (query budget)",
+    "extract_soft": "Extraction, probabilities (query budget)",
 }
 AXIS_LABELS = {
     "epochs": "epochs",
@@ -32,6 +34,7 @@ AXIS_LABELS = {
     "std": "noise std (input units, pixels in [0, 1])",
     "iterations": "iterations (batches of 128 FGSM examples)",
     "bits": "weight bits (fewer = stronger)",
+    "queries": "queries to the victim (student's training images)",
 }
 #: line style per metric: (label, linestyle, linewidth, marker)
 STYLES = {

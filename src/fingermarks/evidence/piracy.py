@@ -140,15 +140,19 @@ def _train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, soft: bool, 
 
 def distill(victim: nn.Module, student_cfg, datamodule, pool: torch.Tensor, budget: int, labels: str = "hard",
             steps: int = 800, lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, dict]:
-    """A student of `student_cfg` extracted from `victim` with `budget` queries of `pool` images."""
+    """A student of `student_cfg` (a model config, or a freshly initialised nn.Module) extracted from
+    `victim` with `budget` queries of `pool` images."""
     if labels not in ("hard", "soft"):
         raise ValueError(f"distill: labels must be hard or soft, got {labels!r}")
+    if int(budget) < 1:
+        raise ValueError(f"distill: the query budget must be >= 1, got {budget}")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = query_images(pool, int(budget), g)
     probs = victim_answers(victim, x)
     target = probs if labels == "soft" else probs.argmax(1)
-    student = _train(build(student_cfg, datamodule), x, target, labels == "soft", steps, lr, batch_size, g)
+    fresh = student_cfg if isinstance(student_cfg, nn.Module) else build(student_cfg, datamodule)
+    student = _train(fresh, x, target, labels == "soft", steps, lr, batch_size, g)
     return student, {"queries": len(x), "steps": steps}
 
 
