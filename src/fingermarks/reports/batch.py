@@ -18,8 +18,8 @@ from fingermarks.reports.record import Verification, check_combinable, fmt_p, ve
 from fingermarks.suspects import is_remote
 
 MODEL_SUFFIXES = (".onnx", ".ckpt", ".pt", ".pth")
-TABLE_COLUMNS = ["suspect", "verdict", "traced_user", "statistic", "matches", "n_queries", "threshold", "p_value",
-                 "hamming", "margin", "protocol", "sha256", "seconds", "error", "json", "html"]
+TABLE_COLUMNS = ["suspect", "verdict", "traced_user", "accused", "statistic", "matches", "n_queries", "threshold",
+                 "p_value", "hamming", "margin", "protocol", "sha256", "seconds", "error", "json", "html"]
 
 
 def collect_suspects(spec: str | os.PathLike | Sequence[str], skip: Iterable[str | os.PathLike] = ()) -> list[str]:
@@ -103,6 +103,7 @@ def table_row(v: Verification, stem: str | None = None) -> dict:
     r = v.report
     return {
         "suspect": v.suspect, "verdict": v.verdict, "traced_user": (r.traced_user or "") if r else "",
+        "accused": ";".join(r.accused) if r else "",
         "statistic": f"{r.match_rate:.3f}" if r else "", "matches": r.matches if r else "",
         "n_queries": r.n_queries if r else "", "threshold": f"{r.threshold:.3f}" if r else "",
         "p_value": fmt_p(r.p_value) if r else "", "hamming": "" if r is None or r.hamming is None else r.hamming,
