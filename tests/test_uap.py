@@ -292,6 +292,8 @@ def test_one_suspect_against_two_keys_gives_one_combined_verdict(tracing_key, ke
     assert r.p_value == pytest.approx(min(1.0, 2 * min(k["p_value"] for k in parts)))
     assert r.alpha == pytest.approx(1e-3 + 0.1) and r.n_queries == N_TRACE + key.n
     assert parts[1]["evidence"]["mode"] == "outputs" and r.question == "tracing+piracy"
+    (many,) = fm.verify_many([tracing_key, key], [str(tmp_path / "host.onnx")])
+    assert many.verdict == "owned" and many.report.p_value == pytest.approx(r.p_value) and len(many.parts) == 2
     innocent = fm.verify([tracing_key, key], independent)
     assert not innocent.owned and innocent.traced_user is None
     assert [k["owned"] for k in innocent.evidence["keys"]] == [False, False]
