@@ -84,6 +84,11 @@ def test_a_distilled_copy_is_owned_through_the_fingerprint_with_no_user_named():
     assert r.owned and r.traced_user is None and r.p_value == pytest.approx(0.004)
     assert r.evidence["combination"]["lead"] == "key 2 (uap)" and r.threshold_how.endswith("uap's rule")
     assert not combine_reports([fm, report("uap", "piracy", False, 0.5)]).owned
+    # colluders accused by the tracing key (averaged copies: nobody traced) stay accused, under its own bound
+    colluded = report("fingermarks", "tracing", True, 1e-5, distances={"alice": 3, "bob": 3}, accused=["alice", "bob"],
+                      evidence={"accusation_alpha": 1e-3})
+    r = combine_reports([colluded, uap])
+    assert r.accused == ["alice", "bob"] and r.evidence["accusation_alpha"] == 1e-3
 
 
 def test_an_integrity_key_is_not_combined():

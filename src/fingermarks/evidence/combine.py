@@ -83,4 +83,7 @@ def combine_reports(reports: Sequence[Report], names: Sequence[str] | None = Non
         report.hamming, report.margin, report.runner_up = tracing.hamming, tracing.margin, tracing.runner_up
         report.trace_p_value, report.bit_acc, report.valid_bits = tracing.trace_p_value, tracing.bit_acc, tracing.valid_bits
         report.distances = dict(tracing.distances)
+        report.accused = list(tracing.accused) if c["owned"] else []
+        if "accusation_alpha" in tracing.evidence:
+            report.evidence["accusation_alpha"] = tracing.evidence["accusation_alpha"]
     return report
