@@ -12,13 +12,14 @@ from omegaconf import DictConfig
 
 from fingermarks import quiet
 from fingermarks.errors import one_line_errors
-from fingermarks.pipeline import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     quiet.configure(cfg.get("verbose", False), cfg)
+    from fingermarks.pipeline import run  # torch and Lightning load after Hydra accepted the command line (seconds)
+
     run(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -23,13 +23,14 @@ from omegaconf import DictConfig
 
 from fingermarks import quiet
 from fingermarks.errors import one_line_errors
-from fingermarks.reports.cli import verify_command
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="verify")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     quiet.configure(cfg.get("verbose", False))  # +verbose=true: every library's banner and warning
+    from fingermarks.reports.cli import verify_command  # torch loads after Hydra accepted the command line
+
     status = verify_command(cfg)
     if status:
         sys.exit(status)
