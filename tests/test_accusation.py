@@ -193,3 +193,24 @@ def test_verify_printout_and_evidence_page_show_the_accused(key: Key) -> None:
     assert "the evidence accuses" in v.sentence() and all(repr(u) in v.sentence() for u in report.accused)
     page = render_html(v)
     assert "accused users" in page and all(u in page for u in report.accused)
+
+
+# -- the sizing maths of benchmarks/collusion_tracing.py ---------------------------------------------
+
+
+def test_collusion_sizing_maths_matches_simulation() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "collusion_tracing.py"
+    spec = importlib.util.spec_from_file_location("collusion_tracing", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    need = bench.needed_agreement(64, 100, 1e-3)
+    assert need == 50 and 100 * stats.binom.sf(need - 1, 64, 0.5) <= 1e-3 < 100 * stats.binom.sf(need - 2, 64, 0.5)
+    assert bench.needed_agreement(10, 100, 1e-3) is None  # 10 triggers can never clear 100 users at 1e-3
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 2, (20000, 3, 40))
+    for k, exact in ((2, bench.p_accuse_vote2(40, 30)), (3, bench.p_accuse_vote3(40, 30))):
+        agree = (ids[:, :k] == collude(ids, k, "vote", rng)[:, None]).sum(2)
+        assert (agree.max(1) >= 30).mean() == pytest.approx(exact, abs=0.015)
