@@ -17,9 +17,11 @@ from fingermarks.errors import one_line_errors
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    quiet.configure(cfg.get("verbose", False), cfg)
-    from fingermarks.pipeline import run  # torch and Lightning load after Hydra accepted the command line (seconds)
+    # torch and Lightning load only once Hydra accepted the command line (a bad option fails in a second),
+    # and before quiet.configure, which tames the loggers Lightning sets up on import
+    from fingermarks.pipeline import run
 
+    quiet.configure(cfg.get("verbose", False), cfg)
     run(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -28,9 +28,10 @@ from fingermarks.errors import one_line_errors
 @hydra.main(version_base="1.3", config_path="conf", config_name="verify")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    quiet.configure(cfg.get("verbose", False))  # +verbose=true: every library's banner and warning
-    from fingermarks.reports.cli import verify_command  # torch loads after Hydra accepted the command line
+    # torch loads only once Hydra accepted the command line, and before quiet.configure tames its loggers
+    from fingermarks.reports.cli import verify_command
 
+    quiet.configure(cfg.get("verbose", False))  # +verbose=true: every library's banner and warning
     status = verify_command(cfg)
     if status:
         sys.exit(status)

@@ -230,15 +230,24 @@ def verify_all(key: Key, ctx: RunContext, users: list[str]) -> tuple[dict[str, R
     return reports, (time.perf_counter() - start) / len(suspects)
 
 
+def verdict_word(rep: Report) -> str:
+    """The verdict column in the words of the question the key answers."""
+    if rep.question == "integrity":
+        return "tampered" if rep.tampered else "intact"
+    if rep.question == "piracy":
+        return "copy" if rep.owned else "not-copy"
+    return "owned" if rep.owned else "not-ours"
+
+
 def summary_table(host_info: dict, embed: dict[str, dict], reports: dict[str, Report]) -> str:
-    rows = [f"{'model':<10} {'clean_acc':>9} {'acc_drop':>8} {'embed_s':>8} {'epochs':>6} {'match':>6} {'bit_acc':>7} {'owned':>6} {'traced':>8} {'ham':>4} {'margin':>6}"]
+    rows = [f"{'model':<10} {'clean_acc':>9} {'acc_drop':>8} {'embed_s':>8} {'epochs':>6} {'match':>6} {'bit_acc':>7} {'verdict':>8} {'traced':>8} {'ham':>4} {'margin':>6}"]
     for name, rep in reports.items():
         info = embed.get(name, {})
         acc = info.get("clean_acc", host_info["clean_acc"])
         drop = 100 * (host_info["clean_acc"] - acc)
         rows.append(
             f"{name:<10} {acc:>9.4f} {drop:>8.2f} {info.get('embed_seconds', 0):>8.1f} {info.get('embed_epochs', 0):>6} "
-            f"{rep.match_rate:>6.3f} {'' if rep.bit_acc is None else f'{rep.bit_acc:.3f}':>7} {str(rep.owned):>6} "
+            f"{rep.match_rate:>6.3f} {'' if rep.bit_acc is None else f'{rep.bit_acc:.3f}':>7} {verdict_word(rep):>8} "
             f"{str(rep.traced_user):>8} {'' if rep.hamming is None else rep.hamming:>4} {'' if rep.margin is None else rep.margin:>6}"
         )
     return "\n".join(rows)
