@@ -117,34 +117,60 @@ def _one_line_error(proc, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
-def test_verify_cli_bad_inputs(digits_run, tmp_path):
+def _in_process_error(capsys, entry, *args, needles: tuple[str, ...]) -> None:
+    """What the CLI does with an exception from its body (errors.one_line_errors), without paying a new
+    interpreter and torch import per case; one case per CLI still runs as a real subprocess."""
+    from fingermarks.errors import one_line_errors
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        one_line_errors(entry)(*args)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_verify_cli_bad_inputs(digits_run, tmp_path, capsys):
+    from fingermarks.reports.cli import verify_command
+
     _, out, _ = digits_run
     onnx = str(out / "users" / "user1" / "model.onnx")
     _one_line_error(run_cli(["verify.py", f"key={tmp_path / 'missing.pt'}", f"suspect={onnx}"]), "key file not found")
+
+    def verify(*overrides: str, needles: tuple[str, ...]) -> None:
+        cfg = compose_cfg(list(overrides), tmp_path / "v", config_name="verify")
+        _in_process_error(capsys, verify_command, cfg, needles=needles)
+
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage" * 100)
-    _one_line_error(run_cli(["verify.py", f"key={corrupt}", f"suspect={onnx}"]), "cannot read key file")
+    verify(f"key={corrupt}", f"suspect={onnx}", needles=("cannot read key file",))
     wrong_shape = tmp_path / "mnist_model.ckpt"
     save_model(SmallCNN(num_classes=10, input_shape=[1, 28, 28], width=4), wrong_shape)
-    _one_line_error(run_cli(["verify.py", f"key={out / 'key.pt'}", f"suspect={wrong_shape}"]), "1x28x28", "1x8x8")
+    verify(f"key={out / 'key.pt'}", f"suspect={wrong_shape}", needles=("1x28x28", "1x8x8"))
     wrong_classes = tmp_path / "five_classes.ckpt"
     save_model(SmallCNN(num_classes=5, input_shape=[1, 8, 8], width=4), wrong_classes)
-    _one_line_error(run_cli(["verify.py", f"key={out / 'key.pt'}", f"suspect={wrong_classes}"]), "5 classes")
+    verify(f"key={out / 'key.pt'}", f"suspect={wrong_classes}", needles=("5 classes",))
 
 
-def test_train_cli_bad_inputs(tmp_path):
+def test_train_cli_bad_inputs(tmp_path, capsys):
+    from fingermarks.pipeline import run
+
+    # Hydra's own errors: the command line is refused before torch loads
     proc = run_cli(["train.py", "data=nope", f"hydra.run.dir={tmp_path}/a"])
     assert proc.returncode != 0 and "Could not find 'data/nope'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli(["train.py", "model=resnet99", f"hydra.run.dir={tmp_path}/b"])
     assert proc.returncode != 0 and "Could not find 'model/resnet99'" in proc.stderr
     proc = run_cli(["train.py", "host.recipe.epoch=3", f"hydra.run.dir={tmp_path}/c"])
     assert proc.returncode != 0 and "epoch" in proc.stderr and "Traceback" not in proc.stderr
+    # errors from the run itself: one real subprocess, the other in process
     _one_line_error(run_cli(["train.py", "data=cifar10", f"data.root={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/d"]),
                     "cifar-10-batches-py")
     five = tmp_path / "five.ckpt"
     save_model(SmallCNN(num_classes=5, input_shape=[1, 8, 8], width=4), five)
-    _one_line_error(run_cli(["train.py", "data=digits", f"host.ckpt={five}", f"hydra.run.dir={tmp_path}/e"]),
-                    "5 classes", "num_classes=10")
+    cfg = compose_cfg(["data=digits", f"host.ckpt={five}"], tmp_path / "e")
+    _in_process_error(capsys, run, cfg, tmp_path / "e", needles=("5 classes", "num_classes=10"))
 
 
 def test_key_for_another_host_is_refused(digits_run):
