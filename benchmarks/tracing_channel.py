@@ -89,8 +89,9 @@ def analyse(lines: list[dict]) -> dict:
             rep = CodeRule(decision).decide(key, labels, expected_user=line["user"])
             row[f"owned[{wname}]"] += rep.owned
             guilty = line.get("colluders") or [line["user"]]
-            row[f"traced[{wname}]"] += rep.traced_user in guilty
-            row[f"innocent[{wname}]"] += rep.traced_user is not None and rep.traced_user not in guilty
+            named = {rep.traced_user, *(rep.accused or [])} - {None}  # the margin rule's user and every accused one
+            row[f"traced[{wname}]"] += bool(named & set(guilty))
+            row[f"innocent[{wname}]"] += bool(named - set(guilty))
     summary = []
     for (attack, strength), row in sorted(table.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
         m = row.pop("models")
