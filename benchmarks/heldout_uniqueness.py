@@ -14,6 +14,7 @@ Writes benchmarks/results/heldout_uniqueness[_<overrides>].json.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import tempfile
@@ -60,11 +61,31 @@ def roc(derived: list[float], independent: list[float]) -> dict:
     return {"auc": float(roc_auc_score(y, s)), "tpr_at_fpr_1pct": float(tpr[fpr <= 0.01].max())}
 
 
+def family_table(seeds: list[dict]) -> str:
+    """Markdown: per architecture family of the held-out population, over every seed."""
+    rows = [r for s in seeds for r in s["heldout"]]
+    lines = ["| family | models | owned (code rule) | agreement mean / max | smallest p | pair rule: i or j mean / max | "
+             "at the paper's fixed 15/30 |", "|---|---|---|---|---|---|---|"]
+    for arch in sorted({r["arch"] for r in rows}):
+        fam = [r for r in rows if r["arch"] == arch]
+        agree, pair = [r["match_rate"] for r in fam], [r["pair_match_rate"] for r in fam]
+        lines.append(f"| {arch} | {len(fam)} | {sum(r['owned'] for r in fam)} | {np.mean(agree):.2f} / {max(agree):.2f} | "
+                     f"{min(r['p_value'] for r in fam):.2g} | {np.mean(pair):.2f} / {max(pair):.2f} | "
+                     f"{sum(p >= 0.5 for p in pair)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--table-only", metavar="JSON", help="write the family table of an earlier result file")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
+    if args.table_only:
+        path = Path(args.table_only).with_suffix(".md")
+        path.write_text(family_table(json.loads(Path(args.table_only).read_text())["seeds"]) + "\n")
+        print(path.read_text())
+        return
     seeds = [one_seed(s, overrides) for s in args.seeds]
     owned = sum(s["heldout_owned"] for s in seeds)
     total = sum(len(s["heldout"]) for s in seeds)
@@ -82,6 +103,7 @@ def main() -> None:
     }
     suffix = "".join("_" + re.sub(r"[^A-Za-z0-9=.,-]+", "-", o) for o in overrides)
     path = save_json(result, ROOT / "benchmarks" / "results" / f"heldout_uniqueness{suffix}.json")
+    path.with_suffix(".md").write_text(family_table(seeds) + "\n")
     print(f"held-out models owned: {owned} of {total} (95 % CI {result['false_positive_ci95'][0]:.3f}-"
           f"{result['false_positive_ci95'][1]:.3f}); users owned and traced {result['users_owned_and_traced']} of "
           f"{result['users']}; AUC {result['auc_mean']:.3f} +- {result['auc_std']:.3f}; written {path}")
