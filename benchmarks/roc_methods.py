@@ -16,6 +16,7 @@ Writes benchmarks/results/roc_methods.json (every row) and roc_methods.png (seed
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -56,14 +57,65 @@ def one(seed: int, method_name: str, attacks: list[str], overrides: list[str]) -
             rows = robustness_curve(attack, [models[u] for u in victims], key, victims, ctx, data, host=host)
         else:
             rows = robustness_curve(attack, [host] * attack.victims, key, [None] * attack.victims, ctx, data, host=host)
-        derived += [{k: r.get(k) for k in KEEP} | {"seed": seed} for r in rows]
+        derived += [{k: r.get(k) for k in KEEP} | {"seed": seed, "method": method_name} for r in rows]
     unique = uniqueness(key, ctx, cfg.uniqueness, seed)
-    independent = [{"method": key.method, "seed": seed} | {k: r[k] for k in ("model", "arch", "p_value", "owned", "match_rate", "pair_match_rate")}
+    independent = [{"method": method_name, "seed": seed} | {k: r[k] for k in ("model", "arch", "p_value", "owned", "match_rate", "pair_match_rate")}
                    for r in unique["rows"]]
     info = {"keygen_seconds": key.report.get("keygen_seconds"), "host_clean_acc": host_info["clean_acc"],
             "acc_drop": {u: 100 * (host_info["clean_acc"] - i["clean_acc"]) for u, i in infos.items()},
             "decision": {k: v for k, v in key.decision.items() if k != "how"}}
     return derived, independent, info
+
+
+def relabel(partial: dict, first_attack: str) -> tuple[list[dict], list[dict]]:
+    """Rows of a result file written before rows carried the preset's name (fingermarks and
+    fingermarks_paper share the method field): blocks follow `info`'s (method/seed) order, a derived
+    block starts at the first attack's first row, an independent block is one population."""
+    blocks = list(partial["info"])
+    derived, b = [], -1
+    for k, row in enumerate(partial["derived"]):
+        if row["attack"] == first_attack and (k == 0 or partial["derived"][k - 1]["attack"] != first_attack):
+            b += 1
+        derived.append(row | {"method": blocks[b].split("/")[0]})
+    size = len(partial["independent"]) // len(blocks)
+    independent = [row | {"method": blocks[k // size].split("/")[0]} for k, row in enumerate(partial["independent"])]
+    return derived, independent
+
+
+def summarise(derived: list[dict], independent: list[dict], infos: dict, seeds: list[int], min_acc: float, args, overrides) -> None:
+    # strength 0 of every attack is the user's model itself: count it once (the first attack's)
+    derived = [r for r in derived if float(r["strength"]) != 0 or r["attack"] == args.attacks[0]]
+    per_seed = {s: roc_by_method([r for r in derived if r["seed"] == s], [r for r in independent if r["seed"] == s], min_acc)
+                for s in seeds}
+    methods = sorted({m for rocs in per_seed.values() for m in rocs})
+    table = {}
+    for m in methods:
+        aucs = [per_seed[s][m]["auc"] for s in seeds if m in per_seed[s]]
+        tprs = [per_seed[s][m]["tpr_at_fpr"] for s in seeds if m in per_seed[s]]
+        owned = sum(r["owned"] for r in independent if r["method"] == m)
+        total = sum(r["method"] == m for r in independent)
+        innocent = sum(bool(r.get("innocent_accused")) for r in derived if r["method"] == m)
+        usable = [r for r in derived if r["method"] == m and r["clean_acc"] >= min_acc]
+        table[m] = {"auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)), "tpr_at_fpr_1pct_mean": float(np.mean(tprs)),
+                    "tpr_at_fpr_1pct_std": float(np.std(tprs)), "seeds": len(aucs), "independent_owned": owned,
+                    "independent_models": total, "independent_owned_ci95": clopper_pearson(owned, total),
+                    "innocent_accusations": innocent, "derived_usable": len(usable),
+                    "derived_owned": sum(bool(r["owned"]) for r in usable),
+                    "derived_traced": sum(bool(r.get("traced_correctly")) for r in usable)}
+    save_json({"args": vars(args), "overrides": overrides, "table": table, "info": infos, "derived": derived,
+               "independent": independent, "roc_per_seed": {str(s): {m: {k: v for k, v in r.items() if k not in ("fpr", "tpr")}
+                                                                     for m, r in rocs.items()} for s, rocs in per_seed.items()}},
+              RESULTS / f"{args.out}.json")
+    plot_rocs(per_seed[seeds[0]], RESULTS / f"{args.out}.png", title=f"mnist5k, seed {seeds[0]}, attacked models with clean acc >= {min_acc}")
+    lines = ["| method | AUC | TPR at FPR <= 1 % | attacked models owned (traced) | independent owned (95 % CI) | innocent users named |",
+             "|---|---|---|---|---|---|"]
+    for m, t in table.items():
+        ci = t["independent_owned_ci95"]
+        lines.append(f"| {m} | {t['auc_mean']:.3f} +- {t['auc_std']:.3f} | {t['tpr_at_fpr_1pct_mean']:.2f} +- {t['tpr_at_fpr_1pct_std']:.2f} | "
+                     f"{t['derived_owned']} ({t['derived_traced']}) of {t['derived_usable']} | {t['independent_owned']} of "
+                     f"{t['independent_models']} ({ci[0]:.3f}-{ci[1]:.3f}) | {t['innocent_accusations']} |")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -74,8 +126,15 @@ def main() -> None:
                                                           "adv_train", "collude_average", "collude_vote"])
     parser.add_argument("--min-acc", type=float, default=0.9)
     parser.add_argument("--out", default="roc_methods")
+    parser.add_argument("--analyse", metavar="JSON", help="summarise an earlier (partial) result file instead of running")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
+    if args.analyse:
+        partial = json.loads(Path(args.analyse).read_text())
+        derived, independent = relabel(partial, args.attacks[0])
+        seeds = sorted({r["seed"] for r in derived})
+        summarise(derived, independent, partial["info"], seeds, args.min_acc, args, overrides)
+        return
     derived, independent, infos = [], [], {}
     for seed in args.seeds:
         for name in args.methods:
@@ -84,29 +143,7 @@ def main() -> None:
             independent += i
             infos[f"{name}/{seed}"] = info
             save_json({"derived": derived, "independent": independent, "info": infos}, RESULTS / f"{args.out}.partial.json")
-    per_seed = {s: roc_by_method([r for r in derived if r["seed"] == s], [r for r in independent if r["seed"] == s], args.min_acc)
-                for s in args.seeds}
-    methods = sorted({m for rocs in per_seed.values() for m in rocs})
-    table = {}
-    for m in methods:
-        aucs = [per_seed[s][m]["auc"] for s in args.seeds if m in per_seed[s]]
-        tprs = [per_seed[s][m]["tpr_at_fpr"] for s in args.seeds if m in per_seed[s]]
-        owned = sum(r["owned"] for r in independent if r["method"] == m)
-        total = sum(r["method"] == m for r in independent)
-        innocent = sum(bool(r.get("innocent_accused")) for r in derived if r["method"] == m)
-        table[m] = {"auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)), "tpr_at_fpr_1pct_mean": float(np.mean(tprs)),
-                    "tpr_at_fpr_1pct_std": float(np.std(tprs)), "seeds": len(aucs), "independent_owned": owned,
-                    "independent_models": total, "independent_owned_ci95": clopper_pearson(owned, total),
-                    "innocent_accusations": innocent,
-                    "derived_usable": sum(r["method"] == m and r["clean_acc"] >= args.min_acc for r in derived)}
-    save_json({"args": vars(args), "overrides": overrides, "table": table, "info": infos, "derived": derived,
-               "independent": independent, "roc_per_seed": {str(s): {m: {k: v for k, v in r.items() if k not in ("fpr", "tpr")}
-                                                                     for m, r in rocs.items()} for s, rocs in per_seed.items()}},
-              RESULTS / f"{args.out}.json")
-    plot_rocs(per_seed[args.seeds[0]], RESULTS / f"{args.out}.png", title=f"mnist5k, seed {args.seeds[0]}, attacked models with clean acc >= {args.min_acc}")
-    for m, t in table.items():
-        print(f"{m}: AUC {t['auc_mean']:.3f} +- {t['auc_std']:.3f}, TPR@1% {t['tpr_at_fpr_1pct_mean']:.2f} +- {t['tpr_at_fpr_1pct_std']:.2f}, "
-              f"independent owned {t['independent_owned']}/{t['independent_models']}, innocent accusations {t['innocent_accusations']}")
+    summarise(derived, independent, infos, args.seeds, args.min_acc, args, overrides)
 
 
 if __name__ == "__main__":
