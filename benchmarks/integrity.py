@@ -429,6 +429,7 @@ def main() -> None:
     parser.add_argument("--timing-only", action="store_true", help="only Table V: integrity_timing_<data>_<model>.json")
     parser.add_argument("--tag", default="")
     parser.add_argument("--figure-only", action="store_true", help="redraw the figure and tables from the JSON files")
+    parser.add_argument("--reuse", action="store_true", help="keep the seeds already in the result file; run only the others")
     args, overrides = parser.parse_known_args()
     if args.figure_only:
         print(figure(), tables())
@@ -448,7 +449,12 @@ def main() -> None:
         print(f"wrote {target}; tables {tables()}")
         return
     seeds = []
+    if args.reuse and (RESULTS / name).exists():
+        seeds = [s for s in json.loads((RESULTS / name).read_text())["seeds"] if s["seed"] in args.seeds]
+        print(f"reusing seeds {[s['seed'] for s in seeds]} from {RESULTS / name}", flush=True)
     for seed in args.seeds:
+        if any(s["seed"] == seed for s in seeds):
+            continue
         seeds.append(one_seed(seed, args, overrides))
         save_json({"label": label, "command": "python benchmarks/integrity.py " + " ".join(
             [f"--seeds {' '.join(map(str, args.seeds))}", f"--pairs {args.pairs}", f"--methods {' '.join(args.methods)}",

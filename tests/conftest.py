@@ -30,6 +30,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "pool.models=[${model},${model}]",
     "method.references=[${model}]",
+    "method.n_triggers=30",  # the default's 128 triggers cost embedding epochs; the tests check the mechanics
     "key_secret=tests",
 ]
 
