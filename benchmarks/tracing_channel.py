@@ -100,15 +100,39 @@ def analyse(lines: list[dict]) -> dict:
     return {"rows": summary}
 
 
+def compare(tags: list[str]) -> str:
+    """Markdown: traced share (equal weights; a colluder traced or accused) per attack and strength, one column per tag."""
+    results = {t: {(r["attack"], str(r["strength"])): r for r in json.loads((RESULTS / f"tracing_channel_{t}.json").read_text())["rows"]}
+               for t in tags}
+    keys = list(results[tags[0]])
+    lines = ["| attack | strength | " + " | ".join(f"{t}: clean acc, traced, owned" for t in tags) + " |",
+             "|---|---|" + "---|" * len(tags)]
+    for k in keys:
+        cells = [f"{results[t][k]['clean_acc']:.3f}, {results[t][k]['traced[equal]']:.2f}, {results[t][k]['owned[equal]']:.2f}"
+                 if k in results[t] else "-" for t in tags]
+        lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + " |")
+    innocent = [sum(r["innocent[equal]"] for r in results[t].values()) for t in tags]
+    models = [sum(r["models"] for r in results[t].values()) for t in tags]
+    lines.append("")
+    lines.append("Innocent users named: " + ", ".join(f"{t} {i} of {m} attacked models" for t, i, m in zip(tags, innocent, models)))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tag", required=True)
+    parser.add_argument("--tag")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--embed", type=int, default=4)
     parser.add_argument("--registry", type=int, default=100)
     parser.add_argument("--attacks", nargs="+", default=["ftal", "rtal", "ftll", "adv_train", "input_noise", "prune", "quantize"])
     parser.add_argument("--analyse-only", action="store_true")
+    parser.add_argument("--compare", nargs="+", metavar="TAG", help="table of earlier tags side by side (tracing_channel_compare.md)")
     args, overrides = parser.parse_known_args()
+    if args.compare:
+        text = compare(args.compare)
+        (RESULTS / "tracing_channel_compare.md").write_text(text + "\n")
+        print(text)
+        return
     overrides = [o for o in overrides if o != "--"]
     path = RESULTS / f"tracing_channel_{args.tag}.jsonl"
     if not args.analyse_only:
