@@ -101,7 +101,9 @@ def summarise(derived: list[dict], independent: list[dict], infos: dict, seeds: 
                     "independent_models": total, "independent_owned_ci95": clopper_pearson(owned, total),
                     "innocent_accusations": innocent, "derived_usable": len(usable),
                     "derived_owned": sum(bool(r["owned"]) for r in usable),
-                    "derived_traced": sum(bool(r.get("traced_correctly")) for r in usable)}
+                    # a method without users (IPGuard) traces nobody: None, not a count
+                    "derived_traced": sum(bool(r.get("traced_correctly")) for r in usable)
+                    if any(r.get("traced_user") for r in usable) else None}
     save_json({"args": vars(args), "overrides": overrides, "table": table, "info": infos, "derived": derived,
                "independent": independent, "roc_per_seed": {str(s): {m: {k: v for k, v in r.items() if k not in ("fpr", "tpr")}
                                                                      for m, r in rocs.items()} for s, rocs in per_seed.items()}},
@@ -112,7 +114,7 @@ def summarise(derived: list[dict], independent: list[dict], infos: dict, seeds: 
     for m, t in table.items():
         ci = t["independent_owned_ci95"]
         lines.append(f"| {m} | {t['auc_mean']:.3f} +- {t['auc_std']:.3f} | {t['tpr_at_fpr_1pct_mean']:.2f} +- {t['tpr_at_fpr_1pct_std']:.2f} | "
-                     f"{t['derived_owned']} ({t['derived_traced']}) of {t['derived_usable']} | {t['independent_owned']} of "
+                     f"{t['derived_owned']} ({'-' if t['derived_traced'] is None else t['derived_traced']}) of {t['derived_usable']} | {t['independent_owned']} of "
                      f"{t['independent_models']} ({ci[0]:.3f}-{ci[1]:.3f}) | {t['innocent_accusations']} |")
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -126,14 +128,22 @@ def main() -> None:
                                                           "adv_train", "collude_average", "collude_vote"])
     parser.add_argument("--min-acc", type=float, default=0.9)
     parser.add_argument("--out", default="roc_methods")
-    parser.add_argument("--analyse", metavar="JSON", help="summarise an earlier (partial) result file instead of running")
+    parser.add_argument("--analyse", nargs="+", metavar="JSON[@old=new]",
+                        help="summarise earlier (partial) result files instead of running; @old=new renames a method in that file")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     if args.analyse:
-        partial = json.loads(Path(args.analyse).read_text())
-        derived, independent = relabel(partial, args.attacks[0])
-        seeds = sorted({r["seed"] for r in derived})
-        summarise(derived, independent, partial["info"], seeds, args.min_acc, args, overrides)
+        derived, independent, infos = [], [], {}
+        for spec in args.analyse:  # FILE or FILE@old=new: rows of method `old` in that file are named `new`
+            path, _, rename = spec.partition("@")
+            partial = json.loads(Path(path).read_text())
+            d, i = relabel(partial, args.attacks[0])
+            if rename:
+                old, new = rename.split("=")
+                d, i = ([r | {"method": new if r["method"] == old else r["method"]} for r in rows] for rows in (d, i))
+                partial["info"] = {k.replace(f"{old}/", f"{new}/") if k.startswith(f"{old}/") else k: v for k, v in partial["info"].items()}
+            derived, independent, infos = derived + d, independent + i, infos | partial["info"]
+        summarise(derived, independent, infos, sorted({r["seed"] for r in derived}), args.min_acc, args, overrides)
         return
     derived, independent, infos = [], [], {}
     for seed in args.seeds:
