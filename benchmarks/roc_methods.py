@@ -108,7 +108,7 @@ def summarise(derived: list[dict], independent: list[dict], infos: dict, seeds: 
                "independent": independent, "roc_per_seed": {str(s): {m: {k: v for k, v in r.items() if k not in ("fpr", "tpr")}
                                                                      for m, r in rocs.items()} for s, rocs in per_seed.items()}},
               RESULTS / f"{args.out}.json")
-    plot_rocs(per_seed[seeds[0]], RESULTS / f"{args.out}.png", title=f"mnist5k, seed {seeds[0]}, attacked models with clean acc >= {min_acc}")
+    plot_rocs(per_seed[seeds[0]], RESULTS / f"{args.out}.png", title=f"mnist5k seed {seeds[0]}: attacked (acc >= {min_acc}) vs held-out")
     lines = ["| method | AUC | TPR at FPR <= 1 % | attacked models owned (traced) | independent owned (95 % CI) | innocent users named |",
              "|---|---|---|---|---|---|"]
     for m, t in table.items():
