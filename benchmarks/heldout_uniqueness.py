@@ -65,7 +65,7 @@ def family_table(seeds: list[dict]) -> str:
     """Markdown: per architecture family of the held-out population, over every seed."""
     rows = [r for s in seeds for r in s["heldout"]]
     lines = ["| family | models | owned (code rule) | agreement mean / max | smallest p | pair rule: i or j mean / max | "
-             "at the paper's fixed 15/30 |", "|---|---|---|---|---|---|---|"]
+             "answering i or j on half or more (the paper's 15 of 30) |", "|---|---|---|---|---|---|---|"]
     for arch in sorted({r["arch"] for r in rows}):
         fam = [r for r in rows if r["arch"] == arch]
         agree, pair = [r["match_rate"] for r in fam], [r["pair_match_rate"] for r in fam]
