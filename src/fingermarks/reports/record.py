@@ -142,7 +142,7 @@ def verify_one(key: Key | Sequence[Key], spec: str | os.PathLike | nn.Module | S
                           kind="server" if is_remote(spec) else "file")
     start = time.perf_counter()
     try:
-        suspect = spec if hasattr(spec, "labels") and not isinstance(spec, nn.Module) else open_suspect(spec, http, protocol)
+        suspect = opened(spec, http, protocol)
         record.kind, record.protocol = describe(suspect)
         record.sha256 = getattr(suspect, "sha256", None)
         answers, record.mode = query_suspect(key, suspect)  # scores where the key's rule reads them
@@ -155,6 +155,11 @@ def verify_one(key: Key | Sequence[Key], spec: str | os.PathLike | nn.Module | S
         record.error = one_line_error(exc)
     record.seconds = time.perf_counter() - start
     return record
+
+
+def opened(spec, http: Mapping | None, protocol: str) -> Suspect:
+    """A suspect object as given, else opened from its path or URL."""
+    return spec if hasattr(spec, "labels") and not isinstance(spec, nn.Module) else open_suspect(spec, http, protocol)
 
 
 def check_combinable(keys: Sequence[Key]) -> None:
@@ -193,7 +198,7 @@ def verify_combined(keys: Sequence[Key], spec: str | os.PathLike | nn.Module | S
                           kind="server" if is_remote(spec) else "file")
     start = time.perf_counter()
     try:  # open once: a file is read and hashed once, a server configured once
-        suspect = spec if hasattr(spec, "labels") and not isinstance(spec, nn.Module) else open_suspect(spec, http, protocol)
+        suspect = opened(spec, http, protocol)
     except Exception as exc:
         if not catch:
             raise
