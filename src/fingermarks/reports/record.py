@@ -137,9 +137,7 @@ def verify_one(key: Key | Sequence[Key], spec: str | os.PathLike | nn.Module | S
             return verify_combined(keys, spec, http=http, protocol=protocol, expected_user=expected_user,
                                    key_paths=key_path, command=command, catch=catch)
         key, key_path = keys[0], (key_path[0] if isinstance(key_path, (list, tuple)) else key_path)
-    record = Verification(suspect=suspect_name(spec), key_digest=key.digest(), key_path=key_path, command=command,
-                          started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                          kind="server" if is_remote(spec) else "file")
+    record = new_record(spec, key.digest(), key_path, command)
     start = time.perf_counter()
     try:
         suspect = opened(spec, http, protocol)
@@ -155,6 +153,13 @@ def verify_one(key: Key | Sequence[Key], spec: str | os.PathLike | nn.Module | S
         record.error = one_line_error(exc)
     record.seconds = time.perf_counter() - start
     return record
+
+
+def new_record(spec, key_digest: str, key_path: str | None, command: str | None) -> Verification:
+    """An empty record of one verification, started now."""
+    return Verification(suspect=suspect_name(spec), key_digest=key_digest, key_path=key_path, command=command,
+                        started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        kind="server" if is_remote(spec) else "file")
 
 
 def opened(spec, http: Mapping | None, protocol: str) -> Suspect:
@@ -192,10 +197,7 @@ def verify_combined(keys: Sequence[Key], spec: str | os.PathLike | nn.Module | S
     check_combinable(keys)  # bad input: raises even with `catch`
     paths = list(key_paths) if isinstance(key_paths, (list, tuple)) else [key_paths] * len(keys)
     names = [f"key {k + 1} ({key.method})" for k, key in enumerate(keys)]
-    record = Verification(suspect=suspect_name(spec), key_digest="+".join(k.digest() for k in keys),
-                          key_path=",".join(p for p in paths if p) or None, command=command,
-                          started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                          kind="server" if is_remote(spec) else "file")
+    record = new_record(spec, "+".join(k.digest() for k in keys), ",".join(p for p in paths if p) or None, command)
     start = time.perf_counter()
     try:  # open once: a file is read and hashed once, a server configured once
         suspect = opened(spec, http, protocol)
