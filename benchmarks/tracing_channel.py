@@ -1,7 +1,7 @@
 """The tracing channel: where each trigger's label goes under each attack, and which decoder recovers the user.
 
     python benchmarks/tracing_channel.py --tag <name> [--seeds 0] [--embed 4] [--registry 100]
-        [--attacks ftal rtal ...] [hydra overrides ...]
+        [--attacks ftal rtal ...] [--attack-overrides attack.strengths=[0.1,0.3] ...] [hydra overrides ...]
 
 Per seed: the host (cached), a key from the passphrase `channel-<seed>` with `--registry` registered
 users, `--embed` of them embedded (cached), and every attack of `--attacks` along its whole strength
@@ -37,7 +37,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 WEIGHTS = {"equal": (1.0, 1.0), "j2": (1.0, 0.5), "j4": (1.0, 0.25), "j_only": (1.0, 0.0), "i_only": (0.0, 1.0)}
 
 
-def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str], overrides: list[str]) -> list[dict]:
+def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str], overrides: list[str],
+            attack_overrides: list[str] = ()) -> list[dict]:
     out = Path(tempfile.mkdtemp(prefix=f"channel-{tag}-{seed}-"))
     base = ["trainer.enable_progress_bar=false", f"seed={seed}", f"key_secret=channel-{seed}", f"users={registry}",
             f"cache_dir={ROOT / '.cache'}", *overrides]
@@ -50,7 +51,7 @@ def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str]
     infos, models = distribute(cfg, method, host, key, embedded, ctx)
     lines = []
     for name in attacks:
-        acfg = compose_config(base + [f"attack={name}"], out)
+        acfg = compose_config(base + [f"attack={name}", *attack_overrides], out)
         for user in embedded:
             attack = make_attack(acfg.attack)
             colluders = choose_victims(embedded, user, attack.victims)
@@ -125,6 +126,8 @@ def main() -> None:
     parser.add_argument("--embed", type=int, default=4)
     parser.add_argument("--registry", type=int, default=100)
     parser.add_argument("--attacks", nargs="+", default=["ftal", "rtal", "ftll", "adv_train", "input_noise", "prune", "quantize"])
+    parser.add_argument("--attack-overrides", nargs="+", default=[], metavar="OVERRIDE",
+                        help="overrides of the attack configs only, e.g. attack.strengths=[0.1,0.3] (applied to every attack)")
     parser.add_argument("--analyse-only", action="store_true")
     parser.add_argument("--compare", nargs="+", metavar="TAG", help="table of earlier tags side by side (tracing_channel_compare.md)")
     args, overrides = parser.parse_known_args()
@@ -138,7 +141,7 @@ def main() -> None:
     if not args.analyse_only:
         with open(path, "a") as fh:
             for seed in args.seeds:
-                for line in collect(args.tag, seed, args.embed, args.registry, args.attacks, overrides):
+                for line in collect(args.tag, seed, args.embed, args.registry, args.attacks, overrides, args.attack_overrides):
                     fh.write(json.dumps(line) + "\n")
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     result = analyse(lines) | {"tag": args.tag, "overrides": overrides}

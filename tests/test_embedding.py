@@ -234,6 +234,25 @@ def test_epoch_data_reflects_p_and_the_active_triggers(digits: DigitsDataModule)
     assert len(data.train_dataloader().dataset) == round(0.3 * n_train) + 3 * N_TRIGGERS
 
 
+def test_noise_copies_cover_every_trigger_with_its_target(digits: DigitsDataModule) -> None:
+    ratio = ratio_for(p0=0.0, adversarial=False)
+    Stubs(table_model([MATCHED, MISSED, WEAK, MISSED, MATCHED, MISSED])).fit_start(ratio)
+    active = int(ratio.active.sum())
+    data = EmbeddingData(digits, ratio, seed=0, trigger_repeat=1, noise_copies=3, noise_std=0.3)
+    dataset = data.train_dataloader().dataset
+    assert len(dataset) == active + 3 * N_TRIGGERS  # matched triggers come back too, only as noisy copies
+    noisy = torch.stack([dataset[k][0] for k in range(active, len(dataset))])
+    labels = torch.stack([dataset[k][1] for k in range(active, len(dataset))])
+    assert torch.equal(labels, TARGETS.repeat(3))
+    shift = (noisy - ratio.triggers.repeat(3, 1, 1, 1)).flatten(1).std(1)
+    assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
+    assert 0 < float(shift.max()) <= 0.3 * 1.5 and float(shift.min()) < float(shift.max())  # stds drawn from [0, 0.3]
+    again = EmbeddingData(digits, ratio, seed=0, trigger_repeat=1, noise_copies=3, noise_std=0.3).train_dataloader().dataset
+    assert torch.equal(noisy, torch.stack([again[k][0] for k in range(active, len(again))]))
+    with pytest.raises(ValueError, match="noise_copies"):
+        EmbeddingData(digits, ratio, seed=0, noise_copies=-1)
+
+
 def test_epoch_data_is_reproducible_per_seed(digits: DigitsDataModule) -> None:
     ratio = ratio_for(p0=0.05)
 

@@ -100,3 +100,22 @@ def test_other_ranks_start_no_run(tmp_path, monkeypatch):
     logger = make("host")
     assert isinstance(logger, WandbLogger) and loggers._JOB is None
     assert not (tmp_path / "wandb").exists()
+
+
+def test_a_run_file_still_being_written_is_read_again_not_misparsed(wandb_job, tmp_path):
+    """wandb-core (another process) may still flush the run file when finish() returns: a torn last record
+    is no DecodeError but a re-read, and a file that stays torn is a one-line error after the wait."""
+    from fingermarks.loggers import _parse_wandb_records, read_offline_run
+
+    out, _ = wandb_job
+    run_dir = next((out / "wandb").glob("offline-run-*"))
+    path = next(run_dir.glob("run-*.wandb"))
+    raw = path.read_bytes()
+    whole = _parse_wandb_records(raw)
+    assert whole is not None and whole["complete"] and read_offline_run(run_dir)["complete"]
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / path.name).write_bytes(raw[:-1])
+    assert _parse_wandb_records(raw[:-1]) is None
+    with pytest.raises(ValueError, match="cut short"):
+        read_offline_run(torn, wait=0.3)

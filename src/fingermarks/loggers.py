@@ -340,24 +340,44 @@ def log_sweep(config: DictConfig, sweep_dir: str | Path, paths: Mapping[str, Pat
     return True
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+def read_offline_run(run_dir: str | Path, wait: float = 30.0) -> dict[str, Any]:
     """What an offline wandb run recorded, read back from its `run-<id>.wandb` file (wandb 0.31 writes no
     config.yaml or wandb-summary.json offline, and ships no Python reader): `group`, `job_type`, `name`,
     `tags`, `id`, `config` (nested dict), `summary` (dict; nested keys joined with '/'), `history` (list of
-    dicts), `metrics` ({name or glob: step metric}) and `files` (paths saved into the run). For tests, and to
-    look at a run before `wandb sync`.
+    dicts), `metrics` ({name or glob: step metric}), `files` (paths saved into the run) and `complete`
+    (the run's exit record is there). For tests, and to look at a run before `wandb sync`.
+
+    The file is written by wandb-core, another process, which may still be flushing when `finish()` has
+    returned: a torn last record or a missing exit record is read again, for up to `wait` seconds.
     """
+    import time
+
+    path = next(Path(run_dir).glob("run-*.wandb"))
+    deadline = time.monotonic() + wait
+    while True:
+        raw = path.read_bytes()
+        if raw[:4] != b":W&B":
+            raise ValueError(f"{path}: not a wandb run file")
+        out = _parse_wandb_records(raw)
+        if out is not None and out["complete"]:
+            return out
+        if time.monotonic() >= deadline:
+            if out is None:
+                raise ValueError(f"{path}: a record is cut short after waiting {wait:g} s for the writer")
+            return out  # a run that never finished (a killed job): what it wrote
+        time.sleep(0.2)
+
+
+def _parse_wandb_records(raw: bytes) -> dict[str, Any] | None:
+    """The records of a wandb run file's bytes; None where the last one is cut short (still being written)."""
     import json
     import struct
 
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
-    path = next(Path(run_dir).glob("run-*.wandb"))
-    raw = path.read_bytes()
-    if raw[:4] != b":W&B":
-        raise ValueError(f"{path}: not a wandb run file")
     block, pos, chunk = 32768, 7, b""  # a LevelDB-style log: 7-byte header, records in 32 KiB blocks
-    out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "metrics": {}, "files": []}
+    out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "metrics": {}, "files": [], "complete": False}
 
     def items(updates) -> dict[str, Any]:
         return {(u.key or "/".join(u.nested_key)): json.loads(u.value_json) for u in updates}
@@ -382,12 +402,17 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         if kind == 0 and length == 0:  # zero padding to the end of the block
             pos += left - 7
             continue
+        if pos + length > len(raw):
+            return None
         chunk += raw[pos:pos + length]
         pos += length
         if kind not in (1, 4):  # FIRST and MIDDLE parts of a record that spans blocks
             continue
         record = pb.Record()
-        record.ParseFromString(chunk)
+        try:
+            record.ParseFromString(chunk)
+        except DecodeError:
+            return None
         chunk = b""
         what = record.WhichOneof("record_type")
         if what == "run":
@@ -405,4 +430,6 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             out["metrics"][record.metric.name or record.metric.glob_name] = record.metric.step_metric or None
         elif what == "files":
             out["files"] += [f.path for f in record.files.files]
-    return out
+        elif what == "exit":
+            out["complete"] = True
+    return out if not chunk else None

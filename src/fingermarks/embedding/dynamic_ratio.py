@@ -44,6 +44,8 @@ class DynamicRatio(L.Callback):
         done_prob: float = 0.5,
         adversarial: bool = True,
         deepfool_overshoot: float = 0.02,
+        deepfool_candidates: int = 10,
+        deepfool_max_iter: int = 50,
         input_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
@@ -53,6 +55,7 @@ class DynamicRatio(L.Callback):
         self.p0, self.dp, self.p_max = p0, dp, p_max
         self.readmit_prob, self.done_prob = readmit_prob, done_prob
         self.adversarial, self.overshoot, self.input_range = adversarial, deepfool_overshoot, input_range
+        self.candidates, self.max_iter = deepfool_candidates, deepfool_max_iter
         self.p = p0
         self.active = torch.ones(len(triggers), dtype=torch.bool)
         self.neighbours = torch.empty(0, *triggers.shape[1:])
@@ -82,7 +85,8 @@ class DynamicRatio(L.Callback):
         """DeepFool neighbours of the active triggers on the current weights (rank 0's under DDP)."""
         if self.adversarial and bool(self.active.any()):
             x = self.triggers[self.active].to(pl_module.device)
-            found = deepfool(pl_module.model, x, overshoot=self.overshoot, input_range=self.input_range).cpu()
+            found = deepfool(pl_module.model, x, candidates=self.candidates, max_iter=self.max_iter, overshoot=self.overshoot,
+                             input_range=self.input_range).cpu()
             self.neighbours = trainer.strategy.broadcast(found, src=0)
             self.neighbour_targets = self.targets[self.active].clone()
         else:

@@ -66,13 +66,20 @@ class EmbeddingData(L.LightningDataModule):
     Clean images: a fresh random fraction p of the owner's training set (clean labels),
     drawn from a generator seeded by (seed, epoch) so a run is reproducible. Triggers
     (and their neighbours) are repeated `trigger_repeat` times so every epoch sees them
-    in several batches.
+    in several batches. With `noise_copies` > 0, every trigger (matched or not) also comes as that many
+    copies under Gaussian noise of a std drawn uniformly from [0, noise_std], with its target label: a
+    deployment that adds noise to its queries then still answers the target (the neighbourhood DeepFool
+    covers is only the nearest boundary's direction).
     """
 
-    def __init__(self, datamodule, ratio: DynamicRatio, *, seed: int, batch_size: int = 64, trigger_repeat: int = 4) -> None:
+    def __init__(self, datamodule, ratio: DynamicRatio, *, seed: int, batch_size: int = 64, trigger_repeat: int = 4,
+                 noise_copies: int = 0, noise_std: float = 0.0) -> None:
         super().__init__()
+        if noise_copies < 0 or noise_std < 0:
+            raise ValueError(f"need noise_copies >= 0 and noise_std >= 0, got {noise_copies}, {noise_std}")
         self.base, self.ratio = datamodule, ratio
         self.seed, self.batch_size, self.trigger_repeat = seed, batch_size, trigger_repeat
+        self.noise_copies, self.noise_std = noise_copies, noise_std
 
     def setup(self, stage: str | None = None) -> None:
         self.base.setup(stage)  # idempotent; a base not yet set up has no train/val sets to draw from
@@ -86,7 +93,15 @@ class EmbeddingData(L.LightningDataModule):
         x, y = self.ratio.trigger_batch()
         if len(x):
             parts.append(TensorDataset(x.repeat(self.trigger_repeat, *[1] * (x.dim() - 1)), y.repeat(self.trigger_repeat)))
+        if self.noise_copies and self.noise_std > 0:
+            parts.append(TensorDataset(*self._noisy_triggers(g)))
         return DataLoader(ConcatDataset(parts), batch_size=self.batch_size, shuffle=True, generator=g)
+
+    def _noisy_triggers(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.ratio.triggers.repeat(self.noise_copies, *[1] * (self.ratio.triggers.dim() - 1))
+        std = torch.rand(len(x), generator=g).mul(self.noise_std).view(-1, *[1] * (x.dim() - 1))
+        noisy = (x + std * torch.randn(x.shape, generator=g)).clamp(*self.ratio.input_range)
+        return noisy, self.ratio.targets.repeat(self.noise_copies)
 
     def val_dataloader(self) -> DataLoader:
         return self.base.val_dataloader()
