@@ -9,6 +9,13 @@ epochs, accuracy drop against the host (test set), the history of (epoch, clean 
 active, smallest target probability) and the share of triggers still giving their target under
 Gaussian input noise of std 0.2 and 0.3 (3 noise draws). One JSON line per user goes to
 benchmarks/results/probe_embedding.jsonl. Seconds are only comparable within one load of the machine.
+
+    python benchmarks/probe_embedding.py --deepfool-timing
+
+times the DeepFool neighbour search of the first epoch (user1's unmatched triggers on the host) at
+(candidates, max_iter) = (10, 50), the earlier setting, and (3, 10), today's, against one epoch of
+training on the whole training set (3 repetitions, medians); and how close the two searches' neighbours
+are. Writes benchmarks/results/probe_deepfool.json.
 """
 
 from __future__ import annotations
@@ -35,12 +42,73 @@ def kept_under_noise(model, key, user: str, std: float, draws: int = 3) -> float
     return round(sum(kept) / draws, 3)
 
 
+def deepfool_timing(key_path: Path, reps: int = 3) -> dict:
+    import statistics
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from fingermarks.embedding.deepfool import deepfool
+    from fingermarks.files import save_json
+    from fingermarks.key import load_key
+
+    out = Path(tempfile.mkdtemp(prefix="probe-deepfool-"))
+    cfg = compose_config(["trainer.enable_progress_bar=false", f"cache_dir={ROOT / '.cache'}"], out)
+    ctx = make_context(cfg, out)
+    host, _ = obtain_host(cfg, ctx)
+    host.eval()
+    key = load_key(key_path)
+    target = key.target_labels(key.users["user1"])
+    with torch.no_grad():
+        x = key.triggers[host(key.triggers).argmax(1) != target]
+
+    def timed(fn) -> tuple[float, object]:
+        times, result = [], None
+        for _ in range(reps):
+            start = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), result
+
+    row = {"triggers": len(x), "threads": torch.get_num_threads()}
+    searches = {}
+    for cand, iters in ((10, 50), (3, 10)):
+        row[f"deepfool_{cand}x{iters}_s"], searches[cand] = timed(lambda: deepfool(host, x, candidates=cand, max_iter=iters))
+    with torch.no_grad():
+        a, b = host(searches[10]).argmax(1), host(searches[3]).argmax(1)
+        row["same_label"] = float((a == b).float().mean())
+        row["crossed"] = float((b != host(x).argmax(1)).float().mean())
+        row["distance_ratio"] = float((searches[3] - x).flatten(1).norm(dim=1).mean() / (searches[10] - x).flatten(1).norm(dim=1).mean())
+    model = host
+    ctx.datamodule.setup("fit")
+    loader = torch.utils.data.DataLoader(ctx.datamodule.train_set, batch_size=64, shuffle=True)
+    opt = torch.optim.Adam(model.parameters(), 1e-9)  # the timing of a step, not a change
+
+    def epoch() -> None:
+        model.train()
+        for xb, yb in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+
+    row["train_epoch_s"], _ = timed(epoch)
+    row["train_images"] = len(ctx.datamodule.train_set)
+    save_json(row, ROOT / "benchmarks" / "results" / "probe_deepfool.json")
+    print(json.dumps(row))
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2, help="users embedded per setting")
     parser.add_argument("--key", type=Path, default=Path(tempfile.gettempdir()) / "probe_embedding_key.pt")
+    parser.add_argument("--deepfool-timing", action="store_true")
     parser.add_argument("settings", nargs="*", default=[""])
     args = parser.parse_args()
+    if args.deepfool_timing:
+        deepfool_timing(args.key)
+        return
     for setting in args.settings:
         out = Path(tempfile.mkdtemp(prefix="probe-"))
         base = ["trainer.enable_progress_bar=false", "overwrite_key=true", f"cache_dir={ROOT / '.cache'}", "users=4",

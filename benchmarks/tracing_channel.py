@@ -129,11 +129,11 @@ def main() -> None:
     parser.add_argument("--attack-overrides", nargs="+", default=[], metavar="OVERRIDE",
                         help="overrides of the attack configs only, e.g. attack.strengths=[0.1,0.3] (applied to every attack)")
     parser.add_argument("--analyse-only", action="store_true")
-    parser.add_argument("--compare", nargs="+", metavar="TAG", help="table of earlier tags side by side (tracing_channel_compare.md)")
+    parser.add_argument("--compare", nargs="+", metavar="TAG", help="table of earlier tags side by side (tracing_channel_compare_<tags>.md)")
     args, overrides = parser.parse_known_args()
     if args.compare:
         text = compare(args.compare)
-        (RESULTS / "tracing_channel_compare.md").write_text(text + "\n")
+        (RESULTS / f"tracing_channel_compare_{'_'.join(args.compare)}.md").write_text(text + "\n")
         print(text)
         return
     overrides = [o for o in overrides if o != "--"]

@@ -30,6 +30,11 @@ def test_a_first_run_prints_stages_and_the_summary_only(tmp_path):
     assert any(line.startswith("[users 1/1] user1: embedded in") for line in lines)
     assert any(line.startswith("[verification] 2 models") for line in lines)
     assert any(line.startswith("user1 ") for line in lines) and any(line.startswith("host ") for line in lines)
+    # the embedding's cost in units of the host's training time, per user
+    header = next(line.split() for line in lines if line.startswith("model "))
+    user1 = next(line.split() for line in lines if line.startswith("user1 "))
+    seconds, x_host = float(user1[header.index("embed_s")]), float(user1[header.index("x_host")])
+    assert seconds > 0 and x_host > 0
     assert proc.stderr.strip() == ""
     # the job's log file still has every stage
     assert "[users 1/1]" in (tmp_path / "run" / "train.log").read_text()

@@ -240,13 +240,17 @@ def verdict_word(rep: Report) -> str:
 
 
 def summary_table(host_info: dict, embed: dict[str, dict], reports: dict[str, Report]) -> str:
-    rows = [f"{'model':<10} {'clean_acc':>9} {'acc_drop':>8} {'embed_s':>8} {'epochs':>6} {'match':>6} {'bit_acc':>7} {'verdict':>8} {'traced':>8} {'ham':>4} {'margin':>6}"]
+    # x_host: embedding time over the host's training time (as measured when the host was trained)
+    host_s = host_info.get("train_seconds") or 0.0
+    rows = [f"{'model':<10} {'clean_acc':>9} {'acc_drop':>8} {'embed_s':>8} {'x_host':>6} {'epochs':>6} {'match':>6} {'bit_acc':>7} {'verdict':>8} {'traced':>8} {'ham':>4} {'margin':>6}"]
     for name, rep in reports.items():
         info = embed.get(name, {})
         acc = info.get("clean_acc", host_info["clean_acc"])
         drop = 100 * (host_info["clean_acc"] - acc)
+        x_host = f"{info['embed_seconds'] / host_s:.2f}" if host_s and "embed_seconds" in info else ""
         rows.append(
-            f"{name:<10} {acc:>9.4f} {drop:>8.2f} {info.get('embed_seconds', 0):>8.1f} {info.get('embed_epochs', 0):>6} "
+            f"{name:<10} {acc:>9.4f} {drop:>8.2f} {info.get('embed_seconds', 0):>8.1f} "
+            f"{x_host:>6} {info.get('embed_epochs', 0):>6} "
             f"{rep.match_rate:>6.3f} {'' if rep.bit_acc is None else f'{rep.bit_acc:.3f}':>7} {verdict_word(rep):>8} "
             f"{str(rep.traced_user):>8} {'' if rep.hamming is None else rep.hamming:>4} {'' if rep.margin is None else rep.margin:>6}"
         )
