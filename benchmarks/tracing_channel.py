@@ -9,7 +9,7 @@ axis against each embedded user. For every attacked model the top-1 labels on th
 so decoders can be compared offline on the same answers (`analyse`): transitions per trigger
 (kept / j->i / i->j / other) and the verdict of the code rule under several direction weights.
 Writes benchmarks/results/tracing_channel_<tag>.jsonl (one line per attacked model) and a summary
-JSON; `--analyse-only` re-reads the JSONL.
+JSON; `--analyse-only` re-reads the JSONL (`--trace-alpha 1e-4`: decided at another accusation level).
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str]
     return lines
 
 
-def analyse(lines: list[dict]) -> dict:
-    """Transitions and decoder verdicts per (attack, strength), summed over seeds and users."""
+def analyse(lines: list[dict], trace_alpha: float | None = None) -> dict:
+    """Transitions and decoder verdicts per (attack, strength), summed over seeds and users
+    (`trace_alpha`: the accusation level instead of the key's)."""
     keys = {}
     table = defaultdict(lambda: defaultdict(float))
     for line in lines:
@@ -86,7 +87,7 @@ def analyse(lines: list[dict]) -> dict:
         row["i_to_j"] += float((~c & reads_j).sum()) / max(int((~c).sum()), 1)
         row["to_other"] += float((~reads_i & ~reads_j).float().mean())
         for wname, (wj, wi) in WEIGHTS.items():
-            decision = dict(key.decision, weights={"j": wj, "i": wi})
+            decision = dict(key.decision, weights={"j": wj, "i": wi}) | ({"trace_alpha": trace_alpha} if trace_alpha else {})
             rep = CodeRule(decision).decide(key, labels, expected_user=line["user"])
             row[f"owned[{wname}]"] += rep.owned
             guilty = line.get("colluders") or [line["user"]]
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--attack-overrides", nargs="+", default=[], metavar="OVERRIDE",
                         help="overrides of the attack configs only, e.g. attack.strengths=[0.1,0.3] (applied to every attack)")
     parser.add_argument("--analyse-only", action="store_true")
+    parser.add_argument("--trace-alpha", type=float, help="re-decide at this accusation level (tracing_channel_<tag>_ta<level>.json)")
     parser.add_argument("--compare", nargs="+", metavar="TAG", help="table of earlier tags side by side (tracing_channel_compare_<tags>.md)")
     args, overrides = parser.parse_known_args()
     if args.compare:
@@ -144,8 +146,8 @@ def main() -> None:
                 for line in collect(args.tag, seed, args.embed, args.registry, args.attacks, overrides, args.attack_overrides):
                     fh.write(json.dumps(line) + "\n")
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    result = analyse(lines) | {"tag": args.tag, "overrides": overrides}
-    save_json(result, RESULTS / f"tracing_channel_{args.tag}.json")
+    result = analyse(lines, args.trace_alpha) | {"tag": args.tag, "overrides": overrides, "trace_alpha": args.trace_alpha}
+    save_json(result, RESULTS / f"tracing_channel_{args.tag}{f'_ta{args.trace_alpha:g}' if args.trace_alpha else ''}.json")
     cols = ["attack", "strength", "clean_acc", "kept", "j_to_i", "i_to_j", "to_other"] + [f"traced[{w}]" for w in WEIGHTS]
     print(" | ".join(cols))
     for r in result["rows"]:

@@ -119,3 +119,18 @@ def test_fingermarks_rejects_unknown_generation_choices(override, tmp_path):
         instantiate(cfg.method)
     cause = user_error(info.value)
     assert isinstance(cause, ConfigError) and override.split("=")[0] in str(cause)
+
+
+def test_fingermarks_presets_differ_from_the_default_only_where_they_say(tmp_path):
+    """Each preset's file states what it changes; everything else is the default's (one base config)."""
+    def embedding(method: str) -> dict:
+        return dict(compose_cfg([f"method={method}"], tmp_path).method.embedding)
+
+    default = embedding("fingermarks")
+    assert (default["deepfool_candidates"], default["deepfool_max_iter"], default["noise_copies"]) == (3, 10, 0)
+    noise = embedding("fingermarks_noise")
+    assert {k for k in default if noise[k] != default[k]} == {"noise_copies", "noise_std"}
+    assert (noise["noise_copies"], noise["noise_std"]) == (2, 0.3)
+    refs30 = embedding("fingermarks_refs30")  # the embedding of the time it was the default
+    assert {k for k in default if refs30[k] != default[k]} == {"deepfool_candidates", "deepfool_max_iter", "validate"}
+    assert (refs30["deepfool_candidates"], refs30["deepfool_max_iter"], refs30["validate"]) == (10, 50, True)
