@@ -51,3 +51,22 @@ def test_a_rank_waiting_too_long_fails_with_the_reason(rank, tmp_path):
     rank(2)
     with pytest.raises(TimeoutError, match="rank 2 waited"):
         rank_zero_first(tmp_path / "never.pt", lambda: None, lambda p: None, timeout=0.2, poll=0.05)
+
+
+def test_an_open_gloo_group_is_destroyed_at_exit(tmp_path):
+    """A ddp_spawn worker that ends with its gloo group still open could abort at interpreter exit
+    (SIGABRT after a good fit): importing fingermarks registers the exit handler that destroys it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, torch.distributed as dist\n"
+        # registered before fingermarks' handler, so it runs after it (atexit is last in, first out)
+        "atexit.register(lambda: print('initialized at exit:', dist.is_initialized(), flush=True))\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "import fingermarks\n"
+        "assert dist.is_initialized()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "initialized at exit: False" in proc.stdout

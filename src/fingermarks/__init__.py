@@ -53,12 +53,30 @@ See `examples/embed_api.py`.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 __version__ = "0.1.0"
+
+
+def _release_process_group() -> None:
+    """Destroy a still-open torch.distributed process group at interpreter exit.
+
+    Lightning does this for NCCL only; a gloo group left to the interpreter's teardown (the workers of
+    `ddp_spawn` on CPU) can abort its process ("terminate called without an active exception",
+    SIGABRT) after a fit that went well. Every spawned worker imports this package, so each gets the
+    handler; torch is looked up, never imported, so `import fingermarks` stays light.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+atexit.register(_release_process_group)
 
 _LAZY = {
     "Key": "fingermarks.key", "load_key": "fingermarks.key",
