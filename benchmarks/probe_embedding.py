@@ -35,9 +35,9 @@ from fingermarks.pipeline import make_context, obtain_host, obtain_key, user_nam
 RESULTS = ROOT / "benchmarks" / "results" / "probe_embedding.jsonl"
 
 
-def kept_under_noise(model, key, user: str, std: float, draws: int = 3) -> float:
+def kept_under_noise(model, key, user: str, std: float, input_range: tuple[float, float], draws: int = 3) -> float:
     target = key.target_labels(key.users[user])
-    kept = [float((NoisySuspect(model, std, s, (0.0, 1.0), "noisy").labels(key.triggers) == target).float().mean())
+    kept = [float((NoisySuspect(model, std, s, input_range, "noisy").labels(key.triggers) == target).float().mean())
             for s in range(draws)]
     return round(sum(kept) / draws, 3)
 
@@ -80,16 +80,15 @@ def deepfool_timing(key_path: Path, reps: int = 3) -> dict:
         row["same_label"] = float((a == b).float().mean())
         row["crossed"] = float((b != host(x).argmax(1)).float().mean())
         row["distance_ratio"] = float((searches[3] - x).flatten(1).norm(dim=1).mean() / (searches[10] - x).flatten(1).norm(dim=1).mean())
-    model = host
     ctx.datamodule.setup("fit")
     loader = torch.utils.data.DataLoader(ctx.datamodule.train_set, batch_size=64, shuffle=True)
-    opt = torch.optim.Adam(model.parameters(), 1e-9)  # the timing of a step, not a change
+    opt = torch.optim.Adam(host.parameters(), 1e-9)  # the timing of a step, not a change
 
     def epoch() -> None:
-        model.train()
+        host.train()
         for xb, yb in loader:
             opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
+            F.cross_entropy(host(xb), yb).backward()
             opt.step()
 
     row["train_epoch_s"], _ = timed(epoch)
@@ -124,7 +123,7 @@ def main() -> None:
             model, info = method.embed(host, key, user, ctx, 1000 + index)
             row = {"setting": setting, "user": user, "host_s": round(host_info["train_seconds"], 1),
                    "s": round(info["embed_seconds"], 1), "epochs": info["embed_epochs"],
-                   "kept_noise": {std: kept_under_noise(model, key, user, std) for std in (0.2, 0.3)},
+                   "kept_noise": {std: kept_under_noise(model, key, user, std, tuple(ctx.datamodule.input_range)) for std in (0.2, 0.3)},
                    "drop": round(100 * (host_info["clean_acc"] - info["clean_acc"]), 2),
                    "hist": [(h["epoch"], round(h["p"], 2), h["matched"], h["active"], round(h["min_target_prob"], 2))
                             for h in info["history"]]}

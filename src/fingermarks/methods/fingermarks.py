@@ -124,15 +124,15 @@ class FingerMarks(WatermarkMethod):
         targets = key.target_labels(key.users[user])
         ratio = DynamicRatio(key.triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
                              done_prob=e.done_prob, adversarial=e.adversarial, input_range=tuple(ctx.datamodule.input_range),
-                             deepfool_candidates=int(e.get("deepfool_candidates", 10)), deepfool_max_iter=int(e.get("deepfool_max_iter", 50)))
+                             deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
         data = EmbeddingData(ctx.datamodule, ratio, seed=seed, batch_size=e.batch_size, trigger_repeat=e.trigger_repeat,
-                             noise_copies=int(e.get("noise_copies", 0)), noise_std=float(e.get("noise_std", 0.0)))
+                             noise_copies=e.noise_copies, noise_std=e.noise_std)
         from hydra.utils import instantiate
 
         module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer), anchor=float(e.anchor))
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
-        validate = {} if e.get("validate", True) else {"limit_val_batches": 0}
+        validate = {} if e.validate else {"limit_val_batches": 0}
         trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[ratio], reload_dataloaders_every_n_epochs=1,
                                       logger=ctx.logger_factory(f"embed_{user}") or False, **validate)
         start = time.perf_counter()
