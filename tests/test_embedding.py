@@ -317,6 +317,22 @@ def test_anchor_adds_the_l2_sp_drift_from_the_start_weights() -> None:
     assert torch.allclose(anchored.training_step((x, y), 0), plain.training_step((x, y), 0) + 0.5 * 2.0 * drift, rtol=1e-4)
 
 
+def test_robust_eps_also_trains_each_batch_as_its_fgsm_examples() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, input_shape=(1, 8, 8), width=4).eval()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    plain = EmbeddingModule(model, 10, torch.optim.Adam)
+    robust = EmbeddingModule(model, 10, torch.optim.Adam, robust_eps=0.1)
+    grad = torch.autograd.functional.jacobian(lambda v: F.cross_entropy(model(v), y), x)
+    adv = (x + 0.1 * grad.sign()).clamp(0, 1)
+    expected = F.cross_entropy(model(torch.cat([x, adv])), torch.cat([y, y]))
+    assert torch.allclose(robust.training_step((x, y), 0), expected, rtol=1e-5)
+    # FGSM goes up the loss, so the robust loss exceeds the plain one on the same batch
+    assert float(robust.training_step((x, y), 0)) > float(plain.training_step((x, y), 0))
+    with pytest.raises(ValueError, match="robust_eps"):
+        EmbeddingModule(model, 10, torch.optim.Adam, robust_eps=-0.1)
+
+
 # -- checkpoints: a resumed fit continues, and no key material is stored ------------------
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from fingermarks.attacks.adv_train import fgsm
 from fingermarks.embedding.dynamic_ratio import DynamicRatio
 from fingermarks.errors import EmbeddingError
 
@@ -25,9 +26,16 @@ log = logging.getLogger(__name__)
 class EmbeddingModule(L.LightningModule):
     """Cross-entropy fine-tuning on the mixed epoch data (triggers, neighbours, clean images)."""
 
-    def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable, anchor: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable, anchor: float = 0.0,
+                 robust_eps: float = 0.0, input_range: tuple[float, float] = (0.0, 1.0)) -> None:
         super().__init__()
+        if robust_eps < 0:
+            raise ValueError(f"need robust_eps >= 0, got {robust_eps}")
         self.model = model
+        # Optional adversarial embedding: each batch is also trained as its FGSM examples of budget
+        # robust_eps (clean images keep their label, triggers their user's target), so the copy a user
+        # gets is already adversarially trained and a thief's adversarial training has little left to move.
+        self.robust_eps, self.input_range = robust_eps, input_range
         self.optimizer_factory = optimizer
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         # Optional L2-SP: (anchor / 2) * ||w - w_host||^2 pulls the weights back towards the host's (clean
@@ -44,6 +52,8 @@ class EmbeddingModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.robust_eps > 0:
+            x, y = torch.cat([x, fgsm(self.model, x, y, self.robust_eps, self.input_range)]), torch.cat([y, y])
         loss = F.cross_entropy(self.model(x), y)
         self.log("embed/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.anchor > 0:
