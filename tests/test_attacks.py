@@ -422,7 +422,7 @@ def test_every_attack_config_composes_from_the_base(name, composed):
 
 
 def test_the_swept_attacks_are_registered_and_document_their_default():
-    assert set(SWEPT) <= set(ATTACK_CONFIGS) and len(SWEPT) == 20
+    assert set(SWEPT) <= set(ATTACK_CONFIGS) and len(SWEPT) == 21
     for name in SWEPT:
         assert "Default strength" in (CONF / "attack" / f"{name}.yaml").read_text(), name
         assert any(name == a or name.startswith(a + "_") for a in ATTACKS), name
@@ -440,8 +440,11 @@ def test_base_and_presets(composed):
     assert lr.axis == "lr" and min(lr.strengths) == 1e-4 and max(lr.strengths) == 1e-2 and lr.epochs == 5
     assert attack("attack=ftll attack/optimizer=adam").optimizer.func is torch.optim.Adam
     assert attack("attack=collude_vote seed=7").victims == 3
-    fgsm_ = attack("attack=adv_train seed=7")
+    fgsm_, fgsm_adam = attack("attack=adv_train seed=7"), attack("attack=adv_train_adam seed=7")
     assert (fgsm_.iterations, fgsm_.batch_size, fgsm_.default, max(fgsm_.strengths)) == (270, 128, 0.1, 0.3)
+    # the paper's AT with the WRT's victim optimiser by default; Adam 1e-3 is its named strong end
+    assert fgsm_.optimizer.func is torch.optim.SGD and fgsm_adam.optimizer.func is torch.optim.Adam
+    assert fgsm_adam.name == "adv_train_adam" and fgsm_adam.strengths == fgsm_.strengths
 
 
 def test_training_attacks_never_modify_the_victim(victim, data, ctx):

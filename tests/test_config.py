@@ -101,7 +101,7 @@ def test_paper_presets_compose(preset, data, model, tmp_path):
 def test_robustness_preset_sweeps_every_attack(tmp_path):
     cfg = compose_cfg(["experiment=robustness"], tmp_path)
     attacks = cfg.hydra.sweeper.params.attack.split(",")
-    for core in ["ftal", "ftll", "rtal", "prune", "prune_layer", "fine_prune", "adv_train", "adv_train_pgd", "input_noise",
+    for core in ["ftal", "ftll", "rtal", "prune", "prune_layer", "fine_prune", "adv_train", "adv_train_adam", "adv_train_pgd", "input_noise",
                  "quantize", "onnx_int8", "distill", "collude_average", "collude_vote", "evasion"]:
         assert core in attacks
     assert len(attacks) == len(set(attacks))

@@ -102,11 +102,11 @@ K = 1.0
 
 
 def objective(j: torch.Tensor, trace: list[torch.Tensor] | None = None):
-    def fn(x: torch.Tensor):
+    def fn(x: torch.Tensor, rows: torch.Tensor):
         if trace is not None:
-            trace.append(x.detach().clone())
-        logits = CLASSIFIER(x)
-        return fingermarks_loss(logits, j, j, K, 0.0), target_margin(logits, j) >= K
+            trace.append((rows.clone(), x.detach().clone()))
+        logits, j_r = CLASSIFIER(x), j[rows]
+        return fingermarks_loss(logits, j_r, j_r, K, 0.0), target_margin(logits, j_r) >= K
 
     return fn
 
@@ -176,14 +176,21 @@ def test_project() -> None:
 
 def test_optimise_inputs_freezes_an_image_at_its_first_success() -> None:
     x0, j = batch(4)
-    trace: list[torch.Tensor] = []
+    trace: list[tuple[torch.Tensor, torch.Tensor]] = []
     out = optimise_inputs(x0, objective(j, trace), steps=300, lr=0.05)
     assert bool(out.reached.all())
-    done_at = torch.stack([target_margin(CLASSIFIER(x), j) >= K for x in trace])  # (steps, batch)
-    first = done_at.float().argmax(0)
+    # each image is evaluated up to and including its first success, and never after
+    seen: dict[int, list[torch.Tensor]] = {b: [] for b in range(len(x0))}
+    for rows, x in trace:
+        for r, img in zip(rows.tolist(), x):
+            seen[r].append(img)
+    first = torch.tensor([len(seen[b]) - 1 for b in range(len(x0))])
     assert len(set(first.tolist())) > 1  # images finish at different steps, the early ones wait
+    assert len(trace[-1][0]) < len(x0)  # the last steps evaluate only the images still searching
     for b in range(len(x0)):
-        assert torch.equal(out.images[b], trace[int(first[b])][b])
+        margins = target_margin(CLASSIFIER(torch.stack(seen[b])), j[b].expand(len(seen[b])))
+        assert bool(margins[-1] >= K) and not bool((margins[:-1] >= K).any())
+        assert torch.equal(out.images[b], seen[b][-1])
     # a budget that ends at an image's success step gives that same image back
     early = int(first.argmin())
     short = optimise_inputs(x0, objective(j), steps=int(first[early]) + 1, lr=0.05)

@@ -61,12 +61,12 @@ class FingerMarks(WatermarkMethod):
             logits0 = host(x0)
         j = logits0.argmin(1) if g.target == "least_likely" else _random_other(i, logits0.shape[1], generator)
 
-        def objective(x: torch.Tensor):
-            logits = host(x)
-            loss = fingermarks_loss(logits, i, j, g.k, g.lam)
-            done = target_margin(logits, j) >= g.k
+        def objective(x: torch.Tensor, rows: torch.Tensor):
+            logits, i_r, j_r = host(x), i[rows], j[rows]
+            loss = fingermarks_loss(logits, i_r, j_r, g.k, g.lam)
+            done = target_margin(logits, j_r) >= g.k
             if references:
-                penalty = conferrable_penalty(references, x, i, j)
+                penalty = conferrable_penalty(references, x, i_r, j_r)
                 loss = loss + g.conferrable * penalty
                 done = done & (penalty < g.penalty_done)
             return loss, done

@@ -67,8 +67,8 @@ class IPGuard(WatermarkMethod):
             raise ValueError(f"unknown IPGuard init '{g.init}'; choose data or noise")
         j = random_other(i, dm.num_classes, generator)
 
-        def objective(x: torch.Tensor):
-            loss = ipguard_loss(host(x), i, j, g.k)
+        def objective(x: torch.Tensor, rows: torch.Tensor):
+            loss = ipguard_loss(host(x), i[rows], j[rows], g.k)
             return loss, loss <= 0
 
         result = optimise_inputs(x0, objective, steps=g.steps, lr=g.lr, input_range=tuple(dm.input_range), eps=g.eps, norm=g.norm)

@@ -153,8 +153,8 @@ class MBW(WatermarkMethod):
         cand = torch.argsort(gap, stable=True)[:count]
         x0, a, b = x_pool[cand], a[cand], b[cand]
 
-        def objective(x: torch.Tensor):
-            return boundary_loss(host(x), a, b, s.gap)
+        def objective(x: torch.Tensor, rows: torch.Tensor):
+            return boundary_loss(host(x), a[rows], b[rows], s.gap)
 
         result = optimise_inputs(x0, objective, steps=s.steps, lr=s.lr, input_range=tuple(ctx.datamodule.input_range),
                                  eps=s.eps, norm=s.norm)
