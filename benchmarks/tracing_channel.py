@@ -34,7 +34,10 @@ from fingermarks.pipeline import distribute, make_context, obtain_host, obtain_k
 from fingermarks.suspects import ModuleSuspect
 
 RESULTS = ROOT / "benchmarks" / "results"
-WEIGHTS = {"equal": (1.0, 1.0), "j2": (1.0, 0.5), "j4": (1.0, 0.25), "j_only": (1.0, 0.0), "i_only": (0.0, 1.0)}
+# decoders compared offline: the code rule under each list of weightings (j-reads, i-reads); "equal+j4" is
+# today's default (conf/method/fingermarks.yaml: both, p-values twice the smaller)
+WEIGHTS = {"equal": [(1.0, 1.0)], "j2": [(1.0, 0.5)], "j4": [(1.0, 0.25)], "j_only": [(1.0, 0.0)], "i_only": [(0.0, 1.0)],
+           "equal+j4": [(1.0, 1.0), (1.0, 0.25)]}
 
 
 def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str], overrides: list[str],
@@ -86,8 +89,9 @@ def analyse(lines: list[dict], trace_alpha: float | None = None) -> dict:
         row["j_to_i"] += float((c & reads_i).sum()) / max(int(c.sum()), 1)
         row["i_to_j"] += float((~c & reads_j).sum()) / max(int((~c).sum()), 1)
         row["to_other"] += float((~reads_i & ~reads_j).float().mean())
-        for wname, (wj, wi) in WEIGHTS.items():
-            decision = dict(key.decision, weights={"j": wj, "i": wi}) | ({"trace_alpha": trace_alpha} if trace_alpha else {})
+        for wname, weightings in WEIGHTS.items():
+            decision = dict(key.decision, weightings=[{"j": wj, "i": wi} for wj, wi in weightings]) | (
+                {"trace_alpha": trace_alpha} if trace_alpha else {})
             rep = CodeRule(decision).decide(key, labels, expected_user=line["user"])
             row[f"owned[{wname}]"] += rep.owned
             guilty = line.get("colluders") or [line["user"]]

@@ -22,13 +22,13 @@ MIN_DISTANCE = 5
 CODE = {"rule": "code", "alpha": 1e-3, "min_margin": 1, "trace_alpha": 1e-3}
 
 
-def make_key(decision: dict | None = None, secret: str = "verification", users=("alice", "bob", "carol")) -> Key:
+def make_key(decision: dict | None = None, secret: str = "verification", users=("alice", "bob", "carol"), n: int = N) -> Key:
     g = torch.Generator().manual_seed(0)
-    i = torch.randint(0, 10, (N,), generator=g)
-    j = (i + torch.randint(1, 10, (N,), generator=g)) % 10
+    i = torch.randint(0, 10, (n,), generator=g)
+    j = (i + torch.randint(1, 10, (n,), generator=g)) % 10
     key = Key(
-        method="fingermarks", triggers=torch.rand(N, 1, 8, 8, generator=g), pairs=torch.stack([i, j], 1),
-        swap=torch.rand(N, generator=g) < 0.5, host_sha256="0" * 64,
+        method="fingermarks", triggers=torch.rand(n, 1, 8, 8, generator=g), pairs=torch.stack([i, j], 1),
+        swap=torch.rand(n, generator=g) < 0.5, host_sha256="0" * 64,
         data={"name": "digits", "num_classes": 10, "input_shape": [1, 8, 8]},
         decision=dict(decision or CODE), secret=KeySecret.from_text(secret).hex,
     )
@@ -112,13 +112,14 @@ def test_expected_user_sets_the_bit_accuracy_reference(key: Key) -> None:
     assert report.bit_acc == pytest.approx(float((labels == key.target_labels(key.users["bob"])).float().mean()))
 
 
-@pytest.mark.parametrize("weights", [{"j": 1.0, "i": 1.0}, {"j": 1.0, "i": 0.25}])
-def test_code_null_holds_for_biased_innocent_models(weights) -> None:
+@pytest.mark.parametrize("weighting", [{"weights": {"j": 1.0, "i": 1.0}}, {"weights": {"j": 1.0, "i": 0.25}},
+                                       {"weightings": [{"j": 1.0, "i": 1.0}, {"j": 1.0, "i": 0.25}, {"j": 1.0, "i": 0.0}]}])
+def test_code_null_holds_for_biased_innocent_models(weighting) -> None:
     """The false-claim bound is exact over the key's secret: whatever an innocent model answers (here
     families biased towards i or towards j), registries drawn from fresh secrets call it ours at most
-    alpha of the time, for any weights fixed in advance."""
+    alpha of the time, for any weights fixed in advance (several weightings: a union over them)."""
     alpha, trials = 0.05, 300
-    decision = dict(CODE, alpha=alpha, trace_alpha=alpha, weights=weights)
+    decision = dict(CODE, alpha=alpha, trace_alpha=alpha, **weighting)
     template = make_key(decision)
     g = torch.Generator().manual_seed(3)
     owned = 0
@@ -131,6 +132,43 @@ def test_code_null_holds_for_biased_innocent_models(weights) -> None:
     assert owned / trials <= alpha
     lo, hi = clopper_pearson(owned, trials)
     assert lo <= alpha
+
+
+def adversarially_trained_copy(key: Key, user: str, back: float, seed: int = 5) -> torch.Tensor:
+    """The user's labels after an attack that sends a share `back` of the j-carrying triggers to i (the
+    channel FGSM adversarial training shows) and leaves the i-carrying ones alone."""
+    target = key.target_labels(key.users[user])
+    g = torch.Generator().manual_seed(seed)
+    fall = (target == key.pairs[:, 1]) & (torch.rand(len(target), generator=g) < back)
+    return torch.where(fall, key.pairs[:, 0], target)
+
+
+def test_a_second_weighting_reads_a_copy_whose_j_reads_fell_back_to_i() -> None:
+    registry = [f"user{u}" for u in range(100)]
+    equal, j_heavy, both = (make_key(dict(CODE, weightings=w), users=registry, n=128) for w in (
+        [{"j": 1.0, "i": 1.0}], [{"j": 1.0, "i": 0.25}], [{"j": 1.0, "i": 1.0}, {"j": 1.0, "i": 0.25}]))
+    assert all(torch.equal(equal.users[u], both.users[u]) for u in registry)  # same secret, same IDs
+    labels = adversarially_trained_copy(equal, "user7", back=0.65)
+    alone, combined = verify_labels(equal, labels), verify_labels(both, labels)
+    assert not alone.owned and alone.accused == []
+    assert combined.owned and combined.traced_user == "user7" and combined.accused == ["user7"]
+    assert combined.evidence["weighting"] == {"j": 1.0, "i": 0.25} and "2 weightings" in combined.p_value_how
+    # the union bound: twice the better weighting's own p-value, for the verdict and for each accusation
+    assert combined.p_value == pytest.approx(2 * min(alone.p_value, verify_labels(j_heavy, labels).p_value))
+    assert combined.evidence["accusation_p_values"]["user7"] == pytest.approx(
+        2 * verify_labels(j_heavy, labels).evidence["accusation_p_values"]["user7"])
+    # an untouched copy is read as before, at twice the equal weighting's p-value at most
+    clean = equal.target_labels(equal.users["user3"])
+    assert verify_labels(both, clean).traced_user == "user3"
+    assert verify_labels(both, clean).p_value <= 2 * verify_labels(equal, clean).p_value
+
+
+def test_a_key_with_a_bad_weighting_is_refused() -> None:
+    from fingermarks.evidence.rules import rule_problem
+
+    for bad in ([], [{"j": 1.0}], [{"j": 0.0, "i": 0.0}], [{"j": -1.0, "i": 1.0}]):
+        assert "weightings" in rule_problem(make_key(dict(CODE, weightings=bad))), bad
+    assert rule_problem(make_key(dict(CODE, weights={"j": 1.0, "i": 0.5}))) is None  # a key of the earlier format
 
 
 # -- the pool rules (the paper's pair rule, IPGuard's label rule) ------------------------------------

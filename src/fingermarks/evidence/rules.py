@@ -16,9 +16,11 @@ code asks which method made a key. Rules of this file:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from fingermarks.codes import ERASED, decode, hamming
@@ -100,11 +102,16 @@ class CodeRule(DecisionRule):
     """Agreement with the nearest registered ID, exact null over the secret IDs.
 
     A trigger read as j (the planted label) and one read as i (the source label) may weigh
-    differently (`weights: {j: w_j, i: w_i}`): attacks erode the two directions unequally, so an
+    differently (a weighting `{j: w_j, i: w_i}`): attacks erode the two directions unequally, so an
     agreement on a j-read is stronger evidence than one on an i-read (the channel analysis in
     benchmarks/tracing_channel.py). Each readable trigger then adds +w for agreeing with a user's
     ID and -w for disagreeing; under the null each sign is a fair coin, so the bound stays exact
     for any weights fixed before the suspect is seen. Equal weights give plain agreement.
+    A key may fix several weightings (`weightings`, m of them): each user's score is taken under
+    each, and every p-value is m times the smallest of the m (a union bound, so the stated levels
+    hold whichever weighting the suspect's labels favour). Adversarial training sends most j-reads
+    back to i while i-reads stay, which a weighting that trusts j-reads more still reads; the
+    equal weighting keeps what it reads best (fine-tuning, pruning, noise).
 
     `traced_user` is the nearest ID when it beats the runner-up by `min_margin`. Colluders who
     average their weights or vote tie with each other, so that names nobody; `accused` names every
@@ -131,8 +138,16 @@ class CodeRule(DecisionRule):
 
     @classmethod
     def calibrate(cls, cfg, ctx, seed: int, triggers: torch.Tensor, pairs: torch.Tensor) -> dict[str, Any]:
-        weights = cfg.get("weights") or {"j": 1.0, "i": 1.0}
-        return super().calibrate(cfg, ctx, seed, triggers, pairs) | {"weights": {"j": float(weights["j"]), "i": float(weights["i"])}}
+        weightings = cfg.get("weightings") or [cfg.get("weights") or {"j": 1.0, "i": 1.0}]
+        return super().calibrate(cfg, ctx, seed, triggers, pairs) | {
+            "weightings": [{"j": float(w["j"]), "i": float(w["i"])} for w in weightings]}
+
+    @staticmethod
+    def weightings_of(decision: dict[str, Any]) -> list[dict[str, float]]:
+        """The key's weightings (a key written before weightings has one, `weights`, or equal weights)."""
+        if "weightings" in decision:
+            return decision["weightings"]
+        return [decision.get("weights", {"j": 1.0, "i": 1.0})]
 
     @classmethod
     def problem(cls, key) -> str | None:
@@ -141,9 +156,12 @@ class CodeRule(DecisionRule):
             return problem
         if not key.users:
             return "field 'users' is empty, but the code rule decides from registered IDs"
-        w = key.decision.get("weights", {"j": 1.0, "i": 1.0})
-        if not isinstance(w, dict) or any(not isinstance(w.get(k), float) or w[k] < 0 for k in ("j", "i")) or w["j"] + w["i"] == 0:
-            return "field 'decision.weights' must be {j: float >= 0, i: float >= 0}, not both 0"
+        ws = cls.weightings_of(key.decision)
+        if not isinstance(ws, list) or not ws:
+            return "field 'decision.weightings' must be a non-empty list of {j: float >= 0, i: float >= 0}"
+        for w in ws:
+            if not isinstance(w, dict) or any(not isinstance(w.get(k), float) or w[k] < 0 for k in ("j", "i")) or w["j"] + w["i"] == 0:
+                return "field 'decision.weightings' must hold {j: float >= 0, i: float >= 0}, not both 0"
         return None
 
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
@@ -155,27 +173,35 @@ class CodeRule(DecisionRule):
         valid = v_j + v_i
         agree = targets == labels.view(1, -1)
         agree_j, agree_i = (agree & reads_j).sum(1), (agree & reads_i).sum(1)
-        w = self.d.get("weights", {"j": 1.0, "i": 1.0})
-        score = w["j"] * (2 * agree_j - v_j) + w["i"] * (2 * agree_i - v_i)
         dist = valid - agree_j - agree_i  # disagreements over readable triggers
+        acceptance = [float(key.id_acceptance[u]) for u in names]
+        alpha, trace_alpha = float(self.d["alpha"]), float(self.d["trace_alpha"])
+        weightings = self.weightings_of(self.d)
+        m = len(weightings)
+        # each weighting's own nearest user and p-value; the verdict takes the smallest, times m
+        per = []
+        for w in weightings:
+            score = w["j"] * (2 * agree_j - v_j) + w["i"] * (2 * agree_i - v_i)
+            best = int(torch.argsort(-score, stable=True)[0])
+            per.append((min(1.0, m * code_p_value(float(score[best]), v_j, v_i, acceptance, w["j"], w["i"])), w, score))
+        p, w, score = min(per, key=lambda t: t[0])
         order = torch.argsort(-score, stable=True)
         best = names[int(order[0])]
         best_score = float(score[order[0]])
         best_agree = int(agree_j[order[0]] + agree_i[order[0]])
-        margin = int(dist[order[1]] - dist[order[0]]) if len(names) > 1 else best_agree
+        # bits by which the nearest beats the runner-up, in the chosen weighting's units (for equal weights, the
+        # difference of their Hamming distances)
+        margin = int(math.floor((best_score - float(score[order[1]])) / 2 + 1e-9)) if len(names) > 1 else best_agree
         unique = len(names) == 1 or float(score[order[1]]) < best_score
-        acceptance = [float(key.id_acceptance[u]) for u in names]
-        alpha = float(self.d["alpha"])
-        p = code_p_value(best_score, v_j, v_i, acceptance, w["j"], w["i"])
-        need = code_threshold(v_j, v_i, acceptance, alpha, w["j"], w["i"])
+        need = code_threshold(v_j, v_i, acceptance, alpha / m, w["j"], w["i"])
         top = w["j"] * v_j + w["i"] * v_i
         owned = p <= alpha
-        traced = best if (owned and p <= float(self.d["trace_alpha"]) and unique
-                          and margin >= int(self.d["min_margin"])) else None
+        traced = best if (owned and p <= trace_alpha and unique and margin >= int(self.d["min_margin"])) else None
         host_dist = int(hamming(key.read_bits(labels), key.host_bits()))
-        # colluders tie with each other, so nobody is the nearest by a margin: accuse each user on their own score
-        trace_alpha = float(self.d["trace_alpha"])
-        acc_p = accusation_p_values(score.tolist(), v_j, v_i, acceptance, w["j"], w["i"])
+        # colluders tie with each other, so nobody is the nearest by a margin: accuse each user on their own
+        # score, under every weighting (m times the smallest of a user's m values)
+        acc_p = np.minimum(1.0, m * np.min(np.stack([accusation_p_values(sc.tolist(), v_j, v_i, acceptance, wt["j"], wt["i"])
+                                                     for _, wt, sc in per]), 0))
         named = accused(names, acc_p.tolist(), trace_alpha) if owned else []
         row = {u: k for k, u in enumerate(names)}
         return Report(
@@ -183,12 +209,14 @@ class CodeRule(DecisionRule):
             match_rate=best_agree / n, matches=best_agree, n_queries=n,
             # the share of the best reachable score this suspect's readable triggers must reach
             threshold=(need + top) / (2 * top) if top > 0 and need != float("inf") else 1.0,
-            threshold_how=(f"weighted agreement (j-reads {w['j']:g}, i-reads {w['i']:g}) with the nearest of {len(names)} "
-                           f"registered IDs over the {valid} readable triggers; owned when the chance that an innocent "
-                           f"model scores this well against any registered ID is <= alpha={alpha:g}"),
+            threshold_how=(f"weighted agreement (j-reads {w['j']:g}, i-reads {w['i']:g}"
+                           f"{f'; the best of {m} weightings fixed in the key' if m > 1 else ''}) with the nearest of "
+                           f"{len(names)} registered IDs over the {valid} readable triggers; owned when the chance that an "
+                           f"innocent model scores this well against any registered ID is <= alpha={alpha:g}"),
             p_value=p,
             p_value_how=("exact for a suspect made without the key: agreement with a secret ID is a fair coin per readable "
-                         "trigger, divided by each ID's draw-region share, union over the registered IDs"),
+                         "trigger, divided by each ID's draw-region share, union over the registered IDs"
+                         + (f" and over the key's {m} weightings" if m > 1 else "")),
             null_rate=0.5, alpha=alpha,
             traced_user=traced, hamming=int(dist[order[0]]), margin=margin,
             runner_up=names[int(order[1])] if len(names) > 1 else None,
@@ -200,7 +228,7 @@ class CodeRule(DecisionRule):
                       "accusation_how": (f"each of the {len(names)} registered users on their own score: {len(names)} x the chance "
                                          f"an innocent ID scores as well / its draw-region share <= {trace_alpha:g}; an "
                                          f"innocent ID is independent of whatever the colluders built"),
-                      "reads_j": v_j, "reads_i": v_i, "agreements": best_agree,
+                      "reads_j": v_j, "reads_i": v_i, "agreements": best_agree, "weighting": dict(w),
                       "pair_match_rate": valid / n, "host_pattern_distance": host_dist},
         )
 
