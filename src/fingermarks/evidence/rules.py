@@ -182,8 +182,7 @@ class CodeRule(DecisionRule):
         per = []
         for w in weightings:
             score = w["j"] * (2 * agree_j - v_j) + w["i"] * (2 * agree_i - v_i)
-            best = int(torch.argsort(-score, stable=True)[0])
-            per.append((min(1.0, m * code_p_value(float(score[best]), v_j, v_i, acceptance, w["j"], w["i"])), w, score))
+            per.append((min(1.0, m * code_p_value(float(score.max()), v_j, v_i, acceptance, w["j"], w["i"])), w, score))
         p, w, score = min(per, key=lambda t: t[0])
         order = torch.argsort(-score, stable=True)
         best = names[int(order[0])]

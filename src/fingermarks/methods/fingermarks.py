@@ -130,7 +130,7 @@ class FingerMarks(WatermarkMethod):
         from hydra.utils import instantiate
 
         module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer), anchor=float(e.anchor),
-                                 robust_eps=float(e.get("robust_eps", 0.0)), input_range=tuple(ctx.datamodule.input_range))
+                                 robust_eps=float(e.robust_eps), input_range=tuple(ctx.datamodule.input_range))
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
         validate = {} if e.validate else {"limit_val_batches": 0}
