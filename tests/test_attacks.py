@@ -14,7 +14,8 @@ from fingermarks.attacks import (
     ATTACKS, FTAL, FTLL, RTAL, AdvTrain, AdvTrainPGD, AttackModule, CollusionAverage, CollusionFinetune, CollusionVote,
     Distill, Evasion, FinePrune, InputNoise, OnnxInt8, Prune, Quantize, VoteSuspect, attacker_data, choose_victims,
 )
-from fingermarks.attacks.adv_train import AccumulatingFGSM, fgsm, pgd
+from fingermarks.attacks.adv_train import AccumulatingFGSM
+from fingermarks.perturbations import fgsm, pgd
 from fingermarks.attacks.base import Attack, make_attack
 from fingermarks.attacks.collusion import average_weights
 from fingermarks.attacks.fine_prune import last_conv, mean_activation

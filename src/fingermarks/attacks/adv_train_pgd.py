@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, TensorDataset
 
-from fingermarks.attacks.adv_train import pgd
+from fingermarks.perturbations import pgd
 from fingermarks.attacks.base import Attack, AttackerData, labelled_tensors, train_with_snapshots
 from fingermarks.attacks.module import AttackModule
 from fingermarks.context import RunContext

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from fingermarks.attacks.adv_train import fgsm
+from fingermarks.perturbations import fgsm
 from fingermarks.embedding.dynamic_ratio import DynamicRatio
 from fingermarks.errors import EmbeddingError
 
