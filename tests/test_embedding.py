@@ -234,6 +234,26 @@ def test_epoch_data_reflects_p_and_the_active_triggers(digits: DigitsDataModule)
     assert len(data.train_dataloader().dataset) == round(0.3 * n_train) + 3 * N_TRIGGERS
 
 
+def test_clean_per_trigger_caps_the_clean_images_of_an_epoch(digits: DigitsDataModule) -> None:
+    ratio = ratio_for(p0=0.3, adversarial=True)
+    Stubs(table_model([MATCHED, MISSED, WEAK, MISSED, MATCHED, MISSED])).fit_start(ratio)
+    trigger_samples = 3 * 2 * int(ratio.active.sum())  # repeat x (trigger + neighbour)
+    n_clean = round(0.3 * len(digits.train_set))
+
+    def epoch_size(**cap) -> int:
+        return len(EmbeddingData(digits, ratio, seed=0, batch_size=8, trigger_repeat=3, **cap).train_dataloader().dataset)
+
+    assert epoch_size() == n_clean + trigger_samples
+    assert epoch_size(clean_per_trigger=2) == 3 * trigger_samples < n_clean + trigger_samples
+    assert epoch_size(clean_per_trigger=0) == 8 + trigger_samples  # never less than one batch of clean images
+    assert epoch_size(clean_per_trigger=1e6) == n_clean + trigger_samples  # p still bounds it
+    first = EmbeddingData(digits, ratio, seed=0, clean_per_trigger=2).train_dataloader().dataset
+    again = EmbeddingData(digits, ratio, seed=0, clean_per_trigger=2).train_dataloader().dataset
+    assert torch.equal(torch.stack([first[k][0] for k in range(20)]), torch.stack([again[k][0] for k in range(20)]))
+    with pytest.raises(ValueError, match="clean_per_trigger"):
+        EmbeddingData(digits, ratio, seed=0, clean_per_trigger=-1)
+
+
 def test_noise_copies_cover_every_trigger_with_its_target(digits: DigitsDataModule) -> None:
     ratio = ratio_for(p0=0.0, adversarial=False)
     Stubs(table_model([MATCHED, MISSED, WEAK, MISSED, MATCHED, MISSED])).fit_start(ratio)
@@ -476,3 +496,26 @@ def test_an_embedding_that_runs_out_of_epochs_fails_loudly(name, ctx, tiny_class
     targets = key.target_labels(key.users["alice"])
     assert info["all_matched"] is False and info["matched"] == int((predict_labels(model, key.triggers) == targets).sum()) == 0
     assert info["embed_epochs"] == 1 and 0 < info["clean_acc"] <= 1
+
+
+def test_clean_per_trigger_from_the_method_config_reaches_the_epoch_data(ctx, tiny_classifier, single_thread,
+                                                                         monkeypatch) -> None:
+    import fingermarks.methods.fingermarks as fm_module
+
+    sizes = []
+
+    class Recording(EmbeddingData):
+        def train_dataloader(self):
+            loader = super().train_dataloader()
+            sizes.append(len(loader.dataset))
+            return loader
+
+    monkeypatch.setattr(fm_module, "EmbeddingData", Recording)
+    key = user_key(tiny_classifier, ctx.datamodule, "fingermarks")
+    for cap in ("null", "1"):
+        method = method_from_yaml("fingermarks", "embedding.max_epochs=1", "embedding.allow_partial=true",
+                                  f"embedding.clean_per_trigger={cap}", "embedding.batch_size=4")
+        method.embed(tiny_classifier, key, "alice", ctx, seed=1)
+    # 6 triggers, all unmatched, each with its DeepFool neighbour, trigger_repeat times
+    trigger_samples = 2 * 6 * method.emb.trigger_repeat
+    assert sizes == [round(method.emb.p0 * len(ctx.datamodule.train_set)) + trigger_samples, 2 * trigger_samples]

@@ -79,14 +79,19 @@ class EmbeddingData(L.LightningDataModule):
     in several batches. With `noise_copies` > 0, every trigger (matched or not) also comes as that many
     copies under Gaussian noise of a std drawn uniformly from [0, noise_std], with its target label: a
     deployment that adds noise to its queries then still answers the target (the neighbourhood DeepFool
-    covers is only the nearest boundary's direction).
+    covers is only the nearest boundary's direction). With `clean_per_trigger` set, an epoch draws at most
+    that many clean images per trigger sample (and at least one batch): once only a few triggers are left
+    to train, an epoch is a few batches instead of a pass over p of the training set.
     """
 
     def __init__(self, datamodule, ratio: DynamicRatio, *, seed: int, batch_size: int = 64, trigger_repeat: int = 4,
-                 noise_copies: int = 0, noise_std: float = 0.0) -> None:
+                 noise_copies: int = 0, noise_std: float = 0.0, clean_per_trigger: float | None = None) -> None:
         super().__init__()
         if noise_copies < 0 or noise_std < 0:
             raise ValueError(f"need noise_copies >= 0 and noise_std >= 0, got {noise_copies}, {noise_std}")
+        if clean_per_trigger is not None and clean_per_trigger < 0:
+            raise ValueError(f"need clean_per_trigger >= 0 (or null), got {clean_per_trigger}")
+        self.clean_per_trigger = clean_per_trigger
         self.base, self.ratio = datamodule, ratio
         self.seed, self.batch_size, self.trigger_repeat = seed, batch_size, trigger_repeat
         self.noise_copies, self.noise_std = noise_copies, noise_std
@@ -98,12 +103,15 @@ class EmbeddingData(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         train = self.base.train_set
-        count = int(round(self.ratio.p * len(train)))
-        parts = [Subset(train, torch.randperm(len(train), generator=g)[:count].tolist())]
         x, y = self.ratio.trigger_batch()
+        noisy = self.noise_copies * len(self.ratio.triggers) if self.noise_copies and self.noise_std > 0 else 0
+        count = int(round(self.ratio.p * len(train)))
+        if self.clean_per_trigger is not None:
+            count = min(count, max(int(round(self.clean_per_trigger * (self.trigger_repeat * len(x) + noisy))), self.batch_size))
+        parts = [Subset(train, torch.randperm(len(train), generator=g)[:count].tolist())]
         if len(x):
             parts.append(TensorDataset(x.repeat(self.trigger_repeat, *[1] * (x.dim() - 1)), y.repeat(self.trigger_repeat)))
-        if self.noise_copies and self.noise_std > 0:
+        if noisy:
             parts.append(TensorDataset(*self._noisy_triggers(g)))
         return DataLoader(ConcatDataset(parts), batch_size=self.batch_size, shuffle=True, generator=g)
 

@@ -126,7 +126,7 @@ class FingerMarks(WatermarkMethod):
                              done_prob=e.done_prob, adversarial=e.adversarial, input_range=tuple(ctx.datamodule.input_range),
                              deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
         data = EmbeddingData(ctx.datamodule, ratio, seed=seed, batch_size=e.batch_size, trigger_repeat=e.trigger_repeat,
-                             noise_copies=e.noise_copies, noise_std=e.noise_std)
+                             noise_copies=e.noise_copies, noise_std=e.noise_std, clean_per_trigger=e.get("clean_per_trigger"))
         from hydra.utils import instantiate
 
         module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer), anchor=float(e.anchor),
