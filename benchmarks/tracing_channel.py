@@ -38,6 +38,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 # today's default (conf/method/fingermarks.yaml: both, p-values twice the smaller)
 WEIGHTS = {"equal": [(1.0, 1.0)], "j2": [(1.0, 0.5)], "j4": [(1.0, 0.25)], "j_only": [(1.0, 0.0)], "i_only": [(0.0, 1.0)],
            "equal+j4": [(1.0, 1.0), (1.0, 0.25)]}
+DEFAULT_WEIGHTS = "equal+j4"
 
 
 def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str], overrides: list[str],
@@ -76,6 +77,7 @@ def analyse(lines: list[dict], trace_alpha: float | None = None) -> dict:
     (`trace_alpha`: the accusation level instead of the key's)."""
     keys = {}
     table = defaultdict(lambda: defaultdict(float))
+    per_seed = defaultdict(lambda: defaultdict(int))
     for line in lines:
         key = keys.setdefault(line["key"], load_key(line["key"]))
         labels = torch.tensor(line["labels"])
@@ -98,11 +100,14 @@ def analyse(lines: list[dict], trace_alpha: float | None = None) -> dict:
             named = {rep.traced_user, *(rep.accused or [])} - {None}  # the margin rule's user and every accused one
             row[f"traced[{wname}]"] += bool(named & set(guilty))
             row[f"innocent[{wname}]"] += bool(named - set(guilty))
+            if wname == DEFAULT_WEIGHTS:  # "in every seed": the default's traced count per seed
+                per_seed[(line["attack"], line["strength"])][line["seed"]] += bool(named & set(guilty))
     summary = []
     for (attack, strength), row in sorted(table.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
         m = row.pop("models")
         summary.append({"attack": attack, "strength": strength, "models": int(m)} | {
-            k: (v / m if not k.startswith("innocent") else int(v)) for k, v in row.items()})
+            k: (v / m if not k.startswith("innocent") else int(v)) for k, v in row.items()}
+            | {f"traced_per_seed[{DEFAULT_WEIGHTS}]": {str(s): n for s, n in sorted(per_seed[(attack, strength)].items())}})
     return {"rows": summary}
 
 
@@ -152,10 +157,13 @@ def main() -> None:
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     result = analyse(lines, args.trace_alpha) | {"tag": args.tag, "overrides": overrides, "trace_alpha": args.trace_alpha}
     save_json(result, RESULTS / f"tracing_channel_{args.tag}{f'_ta{args.trace_alpha:g}' if args.trace_alpha else ''}.json")
-    cols = ["attack", "strength", "clean_acc", "kept", "j_to_i", "i_to_j", "to_other"] + [f"traced[{w}]" for w in WEIGHTS]
+    cols = (["attack", "strength", "clean_acc", "kept", "j_to_i", "i_to_j", "to_other"] + [f"traced[{w}]" for w in WEIGHTS]
+            + [f"traced_per_seed[{DEFAULT_WEIGHTS}]"])
     print(" | ".join(cols))
     for r in result["rows"]:
         print(" | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    print(f"innocent users named ({DEFAULT_WEIGHTS}): {sum(r[f'innocent[{DEFAULT_WEIGHTS}]'] for r in result['rows'])} "
+          f"in {sum(r['models'] for r in result['rows'])} attacked models")
 
 
 if __name__ == "__main__":
