@@ -27,18 +27,19 @@ from hydra.utils import instantiate
 from compose import ROOT, compose_config
 from fingermarks.attacks.base import choose_victims, make_attack
 from fingermarks.evaluation.robustness import deployed_accuracy
-from fingermarks.evidence.rules import CodeRule
+from fingermarks.evidence.rules import BALANCED, CodeRule
 from fingermarks.files import save_json
 from fingermarks.key import load_key
 from fingermarks.pipeline import distribute, make_context, obtain_host, obtain_key, user_names
 from fingermarks.suspects import ModuleSuspect
 
 RESULTS = ROOT / "benchmarks" / "results"
-# decoders compared offline: the code rule under each list of weightings (j-reads, i-reads); "equal+j4" is
-# today's default (conf/method/fingermarks.yaml: both, p-values twice the smaller)
+# decoders compared offline: the code rule under each list of weightings, (j-reads, i-reads) or `balanced`
+# (read off each suspect's own j / i reads, evidence.rules); a list of several is a union bound over them
 WEIGHTS = {"equal": [(1.0, 1.0)], "j2": [(1.0, 0.5)], "j4": [(1.0, 0.25)], "j_only": [(1.0, 0.0)], "i_only": [(0.0, 1.0)],
-           "equal+j4": [(1.0, 1.0), (1.0, 0.25)]}
-DEFAULT_WEIGHTS = "equal+j4"
+           "i4": [(0.25, 1.0)], "equal+j4": [(1.0, 1.0), (1.0, 0.25)], "equal+j4+i4": [(1.0, 1.0), (1.0, 0.25), (0.25, 1.0)],
+           "balanced": [BALANCED], "equal+balanced": [(1.0, 1.0), BALANCED]}
+DEFAULT_WEIGHTS = "balanced"  # conf/method/fingermarks.yaml (before: "equal+j4")
 
 
 def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str], overrides: list[str],
@@ -92,7 +93,7 @@ def analyse(lines: list[dict], trace_alpha: float | None = None) -> dict:
         row["i_to_j"] += float((~c & reads_j).sum()) / max(int((~c).sum()), 1)
         row["to_other"] += float((~reads_i & ~reads_j).float().mean())
         for wname, weightings in WEIGHTS.items():
-            decision = dict(key.decision, weightings=[{"j": wj, "i": wi} for wj, wi in weightings]) | (
+            decision = dict(key.decision, weightings=[w if w == BALANCED else {"j": w[0], "i": w[1]} for w in weightings]) | (
                 {"trace_alpha": trace_alpha} if trace_alpha else {})
             rep = CodeRule(decision).decide(key, labels, expected_user=line["user"])
             row[f"owned[{wname}]"] += rep.owned
@@ -154,6 +155,7 @@ def main() -> None:
             for seed in args.seeds:
                 for line in collect(args.tag, seed, args.embed, args.registry, args.attacks, overrides, args.attack_overrides):
                     fh.write(json.dumps(line) + "\n")
+                fh.flush()  # a sweep stopped later keeps every finished seed
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     result = analyse(lines, args.trace_alpha) | {"tag": args.tag, "overrides": overrides, "trace_alpha": args.trace_alpha}
     save_json(result, RESULTS / f"tracing_channel_{args.tag}{f'_ta{args.trace_alpha:g}' if args.trace_alpha else ''}.json")

@@ -113,11 +113,13 @@ def test_expected_user_sets_the_bit_accuracy_reference(key: Key) -> None:
 
 
 @pytest.mark.parametrize("weighting", [{"weights": {"j": 1.0, "i": 1.0}}, {"weights": {"j": 1.0, "i": 0.25}},
-                                       {"weightings": [{"j": 1.0, "i": 1.0}, {"j": 1.0, "i": 0.25}, {"j": 1.0, "i": 0.0}]}])
+                                       {"weightings": [{"j": 1.0, "i": 1.0}, {"j": 1.0, "i": 0.25}, {"j": 1.0, "i": 0.0}]},
+                                       {"weightings": ["balanced"]}, {"weightings": [{"j": 1.0, "i": 1.0}, "balanced"]}])
 def test_code_null_holds_for_biased_innocent_models(weighting) -> None:
     """The false-claim bound is exact over the key's secret: whatever an innocent model answers (here
     families biased towards i or towards j), registries drawn from fresh secrets call it ours at most
-    alpha of the time, for any weights fixed in advance (several weightings: a union over them)."""
+    alpha of the time, for any weights fixed in advance (several weightings: a union over them) or read
+    off the labels alone (`balanced`)."""
     alpha, trials = 0.05, 300
     decision = dict(CODE, alpha=alpha, trace_alpha=alpha, **weighting)
     template = make_key(decision)
@@ -163,12 +165,44 @@ def test_a_second_weighting_reads_a_copy_whose_j_reads_fell_back_to_i() -> None:
     assert verify_labels(both, clean).p_value <= 2 * verify_labels(equal, clean).p_value
 
 
+def test_balanced_weights_trust_the_minority_read() -> None:
+    from fingermarks.evidence.rules import balanced_weights
+
+    assert balanced_weights(20, 100) == {"j": 1.0, "i": 0.2}
+    assert balanced_weights(90, 30) == {"j": pytest.approx(1 / 3), "i": 1.0}
+    assert balanced_weights(64, 64) == balanced_weights(0, 120) == balanced_weights(50, 0) == {"j": 1.0, "i": 1.0}
+
+
+@pytest.mark.parametrize("direction, rate", [("j_to_i", 0.7), ("i_to_j", 0.9)])
+def test_balanced_weighting_reads_a_copy_pushed_either_way_without_a_union_bound(direction, rate) -> None:
+    """Adversarial training sends j-reads back to i; fine-tuning deep triggers sends i-reads to j. The
+    balanced weighting trusts whichever read is the minority, with one weighting (no union bound)."""
+    registry = [f"user{u}" for u in range(100)]
+    equal, balanced = (make_key(dict(CODE, weightings=w), users=registry, n=128) for w in ([{"j": 1.0, "i": 1.0}], ["balanced"]))
+    target = equal.target_labels(equal.users["user7"])
+    g = torch.Generator().manual_seed(5)
+    frm, to = (1, 0) if direction == "j_to_i" else (0, 1)  # pair column the labels leave and the one they go to
+    fall = (target == equal.pairs[:, frm]) & (torch.rand(len(target), generator=g) < rate)
+    labels = torch.where(fall, equal.pairs[:, to], target)
+    alone, read = verify_labels(equal, labels), verify_labels(balanced, labels)
+    assert not alone.owned and alone.traced_user is None
+    assert read.owned and read.traced_user == "user7" and read.accused == ["user7"] and read.p_value < 1e-3
+    minority = "j" if direction == "j_to_i" else "i"
+    assert read.evidence["weighting"][minority] == 1.0 and read.evidence["weighting"]["balanced"] is True
+    assert read.evidence["weighting"]["i" if minority == "j" else "j"] < 0.5
+    assert "balanced" in read.threshold_how and "given the labels" in read.p_value_how
+    # an untouched copy reads about as many of each: near-equal weights, the same user
+    clean = verify_labels(balanced, equal.target_labels(equal.users["user3"]))
+    assert clean.traced_user == "user3" and min(clean.evidence["weighting"][k] for k in "ji") > 0.6
+
+
 def test_a_key_with_a_bad_weighting_is_refused() -> None:
     from fingermarks.evidence.rules import rule_problem
 
-    for bad in ([], [{"j": 1.0}], [{"j": 0.0, "i": 0.0}], [{"j": -1.0, "i": 1.0}]):
+    for bad in ([], [{"j": 1.0}], [{"j": 0.0, "i": 0.0}], [{"j": -1.0, "i": 1.0}], ["balance"], [{"j": 1.0, "i": 1.0}, "x"]):
         assert "weightings" in rule_problem(make_key(dict(CODE, weightings=bad))), bad
     assert rule_problem(make_key(dict(CODE, weights={"j": 1.0, "i": 0.5}))) is None  # a key of the earlier format
+    assert rule_problem(make_key(dict(CODE, weightings=["balanced", {"j": 1.0, "i": 0.25}]))) is None
 
 
 # -- the pool rules (the paper's pair rule, IPGuard's label rule) ------------------------------------

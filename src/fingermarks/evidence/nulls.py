@@ -37,10 +37,13 @@ def weighted_sign_sf(score: float, v_one: int, v_zero: int, w_one: float = 1.0, 
     x1 = np.arange(v_one + 1)
     p1 = stats.binom.pmf(x1, v_one, 0.5)
     s1 = w_one * (2 * x1 - v_one)
+    # a score equal to a lattice point up to rounding counts as reaching it (conservative): weights such as
+    # 13 / 115 make scores inexact in floating point
+    tol = 1e-9 * (1.0 + w_one * v_one + w_zero * v_zero)
     if w_zero == 0 or v_zero == 0:
-        return float(min(1.0, p1[s1 >= score - 1e-9].sum()))
-    need = (score - s1 + w_zero * v_zero) / (2 * w_zero)  # X0 >= need
-    k = np.ceil(need - 1e-9)
+        return float(min(1.0, p1[s1 >= score - tol].sum()))
+    need = (score - tol - s1 + w_zero * v_zero) / (2 * w_zero)  # X0 >= need
+    k = np.ceil(need)
     tail = stats.binom.sf(k - 1, v_zero, 0.5)
     return float(min(1.0, (p1 * tail).sum()))
 

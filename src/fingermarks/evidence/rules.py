@@ -97,6 +97,17 @@ def _bit_acc(key, labels: torch.Tensor, user: str | None) -> float | None:
     return float((labels == key.target_labels(key.users[user])).float().mean())
 
 
+BALANCED = "balanced"
+
+
+def balanced_weights(v_j: int, v_i: int) -> dict[str, float]:
+    """The `balanced` weighting of a suspect that gave `v_j` j-reads and `v_i` i-reads: the minority
+    read weighs 1, the majority read minority / majority (equal weights when either is 0 or they tie)."""
+    if v_j == 0 or v_i == 0 or v_j == v_i:
+        return {"j": 1.0, "i": 1.0}
+    return {"j": 1.0, "i": v_j / v_i} if v_j < v_i else {"j": v_i / v_j, "i": 1.0}
+
+
 @register_rule
 class CodeRule(DecisionRule):
     """Agreement with the nearest registered ID, exact null over the secret IDs.
@@ -112,6 +123,14 @@ class CodeRule(DecisionRule):
     hold whichever weighting the suspect's labels favour). Adversarial training sends most j-reads
     back to i while i-reads stay, which a weighting that trusts j-reads more still reads; the
     equal weighting keeps what it reads best (fine-tuning, pruning, noise).
+
+    A weighting may also be `balanced`: read off the suspect's own labels, the minority read
+    (j or i) weighs 1 and the majority read minority / majority. An attack that pushes labels one way
+    (adversarial training or noise: j back to i; fine-tuning of deep triggers: i to j) leaves the
+    minority reads the ones it did not make, so they carry the ID; an untouched copy reads about
+    as many of each and is read with near-equal weights. The weights depend on the labels only,
+    never on an ID, so given the labels each ID's agreement is still a fair coin per readable trigger
+    and the null stays exact (the bound holds conditionally on the labels, hence overall).
 
     `traced_user` is the nearest ID when it beats the runner-up by `min_margin`. Colluders who
     average their weights or vote tie with each other, so that names nobody; `accused` names every
@@ -140,7 +159,7 @@ class CodeRule(DecisionRule):
     def calibrate(cls, cfg, ctx, seed: int, triggers: torch.Tensor, pairs: torch.Tensor) -> dict[str, Any]:
         weightings = cfg.get("weightings") or [cfg.get("weights") or {"j": 1.0, "i": 1.0}]
         return super().calibrate(cfg, ctx, seed, triggers, pairs) | {
-            "weightings": [{"j": float(w["j"]), "i": float(w["i"])} for w in weightings]}
+            "weightings": [BALANCED if w == BALANCED else {"j": float(w["j"]), "i": float(w["i"])} for w in weightings]}
 
     @staticmethod
     def weightings_of(decision: dict[str, Any]) -> list[dict[str, float]]:
@@ -160,8 +179,10 @@ class CodeRule(DecisionRule):
         if not isinstance(ws, list) or not ws:
             return "field 'decision.weightings' must be a non-empty list of {j: float >= 0, i: float >= 0}"
         for w in ws:
+            if w == BALANCED:
+                continue
             if not isinstance(w, dict) or any(not isinstance(w.get(k), float) or w[k] < 0 for k in ("j", "i")) or w["j"] + w["i"] == 0:
-                return "field 'decision.weightings' must hold {j: float >= 0, i: float >= 0}, not both 0"
+                return f"field 'decision.weightings' must hold {{j: float >= 0, i: float >= 0}}, not both 0, or '{BALANCED}'"
         return None
 
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
@@ -180,10 +201,12 @@ class CodeRule(DecisionRule):
         m = len(weightings)
         # each weighting's own nearest user and p-value; the verdict takes the smallest, times m
         per = []
-        for w in weightings:
-            score = w["j"] * (2 * agree_j - v_j) + w["i"] * (2 * agree_i - v_i)
-            per.append((min(1.0, m * code_p_value(float(score.max()), v_j, v_i, acceptance, w["j"], w["i"])), w, score))
-        p, w, score = min(per, key=lambda t: t[0])
+        for entry in weightings:
+            w = balanced_weights(v_j, v_i) if entry == BALANCED else entry
+            # float64: a weight such as 13 / 115 is not exact in float32, and the null tail compares scores exactly
+            score = w["j"] * (2 * agree_j - v_j).double() + w["i"] * (2 * agree_i - v_i).double()
+            per.append((min(1.0, m * code_p_value(float(score.max()), v_j, v_i, acceptance, w["j"], w["i"])), w, score, entry))
+        p, w, score, chosen = min(per, key=lambda t: t[0])
         order = torch.argsort(-score, stable=True)
         best = names[int(order[0])]
         best_score = float(score[order[0]])
@@ -200,7 +223,7 @@ class CodeRule(DecisionRule):
         # colluders tie with each other, so nobody is the nearest by a margin: accuse each user on their own
         # score, under every weighting (m times the smallest of a user's m values)
         acc_p = np.minimum(1.0, m * np.min(np.stack([accusation_p_values(sc.tolist(), v_j, v_i, acceptance, wt["j"], wt["i"])
-                                                     for _, wt, sc in per]), 0))
+                                                     for _, wt, sc, _ in per]), 0))
         named = accused(names, acc_p.tolist(), trace_alpha) if owned else []
         row = {u: k for k, u in enumerate(names)}
         return Report(
@@ -209,12 +232,14 @@ class CodeRule(DecisionRule):
             # the share of the best reachable score this suspect's readable triggers must reach
             threshold=(need + top) / (2 * top) if top > 0 and need != float("inf") else 1.0,
             threshold_how=(f"weighted agreement (j-reads {w['j']:g}, i-reads {w['i']:g}"
+                           f"{', balanced: read off its own j / i reads' if chosen == BALANCED else ''}"
                            f"{f'; the best of {m} weightings fixed in the key' if m > 1 else ''}) with the nearest of "
                            f"{len(names)} registered IDs over the {valid} readable triggers; owned when the chance that an "
                            f"innocent model scores this well against any registered ID is <= alpha={alpha:g}"),
             p_value=p,
             p_value_how=("exact for a suspect made without the key: agreement with a secret ID is a fair coin per readable "
                          "trigger, divided by each ID's draw-region share, union over the registered IDs"
+                         + (" (weights read off the labels alone, so exact given the labels)" if BALANCED in weightings else "")
                          + (f" and over the key's {m} weightings" if m > 1 else "")),
             null_rate=0.5, alpha=alpha,
             traced_user=traced, hamming=int(dist[order[0]]), margin=margin,
@@ -227,7 +252,8 @@ class CodeRule(DecisionRule):
                       "accusation_how": (f"each of the {len(names)} registered users on their own score: {len(names)} x the chance "
                                          f"an innocent ID scores as well / its draw-region share <= {trace_alpha:g}; an "
                                          f"innocent ID is independent of whatever the colluders built"),
-                      "reads_j": v_j, "reads_i": v_i, "agreements": best_agree, "weighting": dict(w),
+                      "reads_j": v_j, "reads_i": v_i, "agreements": best_agree,
+                      "weighting": dict(w) | ({"balanced": True} if chosen == BALANCED else {}),
                       "pair_match_rate": valid / n, "host_pattern_distance": host_dist},
         )
 
