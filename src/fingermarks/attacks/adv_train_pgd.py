@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, TensorDataset
 
-from fingermarks.perturbations import pgd
 from fingermarks.attacks.base import Attack, AttackerData, labelled_tensors, train_with_snapshots
 from fingermarks.attacks.module import AttackModule
 from fingermarks.context import RunContext
 from fingermarks.errors import ConfigError
+from fingermarks.perturbations import pgd
 from fingermarks.suspects import ModuleSuspect
 
 

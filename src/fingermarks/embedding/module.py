@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from fingermarks.perturbations import fgsm
 from fingermarks.embedding.dynamic_ratio import DynamicRatio
 from fingermarks.errors import EmbeddingError
+from fingermarks.perturbations import fgsm
 
 log = logging.getLogger(__name__)
 
