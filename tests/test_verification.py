@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -163,6 +164,18 @@ def test_a_second_weighting_reads_a_copy_whose_j_reads_fell_back_to_i() -> None:
     clean = equal.target_labels(equal.users["user3"])
     assert verify_labels(both, clean).traced_user == "user3"
     assert verify_labels(both, clean).p_value <= 2 * verify_labels(equal, clean).p_value
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 0.25), (1.0, 22 / 101), (13 / 115, 1.0), (1.0, 0.0)])
+def test_code_threshold_is_the_smallest_lattice_score_with_p_at_most_alpha(weights) -> None:
+    from fingermarks.evidence.nulls import code_threshold
+
+    w_j, w_i = weights
+    for v_j, v_i, alpha in [(22, 101, 1e-3), (64, 60, 1e-5), (10, 3, 0.2), (5, 5, 1e-9)]:
+        acceptance = [0.5] * 100
+        lattice = sorted({w_j * (2 * a - v_j) + w_i * (2 * b - v_i) for a in range(v_j + 1) for b in range(v_i + 1)})
+        reaching = [s for s in lattice if code_p_value(s, v_j, v_i, acceptance, w_j, w_i) <= alpha]
+        assert code_threshold(v_j, v_i, acceptance, alpha, w_j, w_i) == (reaching[0] if reaching else math.inf)
 
 
 def test_balanced_weights_trust_the_minority_read() -> None:

@@ -58,13 +58,19 @@ def code_p_value(score: float, v_one: int, v_zero: int, acceptance: Sequence[flo
 
 def code_threshold(v_one: int, v_zero: int, acceptance: Sequence[float], alpha: float, w_one: float = 1.0,
                    w_zero: float = 1.0) -> float:
-    """Smallest score with `code_p_value <= alpha` (inf when none is reachable)."""
-    top = w_one * v_one + w_zero * v_zero
+    """Smallest score with `code_p_value <= alpha` (inf when none is reachable).
+
+    The p-value is a tail, non-increasing in the score, so the smallest such lattice score is found by
+    bisection: with weights such as 22 / 101 the lattice has thousands of distinct scores, not ~v."""
     scores = sorted({w_one * (2 * a - v_one) + w_zero * (2 * b - v_zero) for a in range(v_one + 1) for b in range(v_zero + 1)})
-    for s in scores:
-        if s <= top and code_p_value(s, v_one, v_zero, acceptance, w_one, w_zero) <= alpha:
-            return float(s)
-    return math.inf
+    lo, hi = 0, len(scores)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if code_p_value(scores[mid], v_one, v_zero, acceptance, w_one, w_zero) <= alpha:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(scores[lo]) if lo < len(scores) else math.inf
 
 
 def accusation_p_values(scores: Sequence[float], v_one: int, v_zero: int, acceptance: Sequence[float],
