@@ -9,7 +9,8 @@ axis against each embedded user. For every attacked model the top-1 labels on th
 so decoders can be compared offline on the same answers (`analyse`): transitions per trigger
 (kept / j->i / i->j / other) and the verdict of the code rule under several direction weights.
 Writes benchmarks/results/tracing_channel_<tag>.jsonl (one line per attacked model) and a summary
-JSON; `--analyse-only` re-reads the JSONL (`--trace-alpha 1e-4`: decided at another accusation level).
+JSON; `--analyse-only` re-reads the JSONL (`--trace-alpha 1e-4`: decided at another accusation level;
+`--reads 5`: from the first 5 reads of suspects that were read several times, see verification.query_suspect).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fingermarks.files import save_json
 from fingermarks.key import load_key
 from fingermarks.pipeline import distribute, make_context, obtain_host, obtain_key, user_names
 from fingermarks.suspects import ModuleSuspect
+from fingermarks.verification import query_suspect
 
 RESULTS = ROOT / "benchmarks" / "results"
 # decoders compared offline: the code rule under each list of weightings, (j-reads, i-reads) or `balanced`
@@ -65,7 +67,7 @@ def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str]
             data = attack.attacker_data(ctx.datamodule, key.report.get("source_indices", []), seed=seed)
             victim = [models[u] for u in colluders] if attack.victims > 1 else models[user]
             for strength, suspect in attack.run(victim, data, ctx):
-                labels = suspect.labels(key.triggers)
+                labels, _ = query_suspect(key, suspect)  # (n,), or (R, n) reads of a suspect that answers at random
                 lines.append({"tag": tag, "seed": seed, "user": user, "colluders": colluders, "attack": attack.name,
                               "axis": attack.axis, "strength": strength, "default": strength == attack.default,
                               "clean_acc": deployed_accuracy(suspect, data.test), "labels": labels.tolist(),
@@ -73,15 +75,21 @@ def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str]
     return lines
 
 
-def analyse(lines: list[dict], trace_alpha: float | None = None) -> dict:
+def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | None = None) -> dict:
     """Transitions and decoder verdicts per (attack, strength), summed over seeds and users
-    (`trace_alpha`: the accusation level instead of the key's)."""
+    (`trace_alpha`: the accusation level instead of the key's; `reads`: decide from the first `reads` reads
+    of a suspect that was read several times). Transitions are counted on the first read."""
     keys = {}
     table = defaultdict(lambda: defaultdict(float))
     per_seed = defaultdict(lambda: defaultdict(int))
     for line in lines:
         key = keys.setdefault(line["key"], load_key(line["key"]))
-        labels = torch.tensor(line["labels"])
+        all_reads = torch.tensor(line["labels"])
+        if all_reads.dim() == 2:
+            all_reads = all_reads[:reads] if reads else all_reads
+            if len(all_reads) == 1:
+                all_reads = all_reads[0]
+        labels = all_reads if all_reads.dim() == 1 else all_reads[0]
         target = key.target_labels(key.users[line["user"]])
         c = target == key.pairs[:, 1]  # the user carries j here
         reads_j, reads_i = labels == key.pairs[:, 1], labels == key.pairs[:, 0]
@@ -95,7 +103,9 @@ def analyse(lines: list[dict], trace_alpha: float | None = None) -> dict:
         for wname, weightings in WEIGHTS.items():
             decision = dict(key.decision, weightings=[w if w == BALANCED else {"j": w[0], "i": w[1]} for w in weightings]) | (
                 {"trace_alpha": trace_alpha} if trace_alpha else {})
-            rep = CodeRule(decision).decide(key, labels, expected_user=line["user"])
+            if all_reads.dim() == 2:
+                decision["reads"] = len(all_reads)
+            rep = CodeRule(decision).decide(key, all_reads, expected_user=line["user"])
             row[f"owned[{wname}]"] += rep.owned
             guilty = line.get("colluders") or [line["user"]]
             named = {rep.traced_user, *(rep.accused or [])} - {None}  # the margin rule's user and every accused one
@@ -141,6 +151,8 @@ def main() -> None:
                         help="overrides of the attack configs only, e.g. attack.strengths=[0.1,0.3] (applied to every attack)")
     parser.add_argument("--analyse-only", action="store_true")
     parser.add_argument("--trace-alpha", type=float, help="re-decide at this accusation level (tracing_channel_<tag>_ta<level>.json)")
+    parser.add_argument("--reads", type=int, help="re-decide from the first READS reads of suspects read several times "
+                        "(tracing_channel_<tag>_r<reads>.json)")
     parser.add_argument("--compare", nargs="+", metavar="TAG", help="table of earlier tags side by side (tracing_channel_compare_<tags>.md)")
     args, overrides = parser.parse_known_args()
     if args.compare:
@@ -157,8 +169,10 @@ def main() -> None:
                     fh.write(json.dumps(line) + "\n")
                 fh.flush()  # a sweep stopped later keeps every finished seed
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    result = analyse(lines, args.trace_alpha) | {"tag": args.tag, "overrides": overrides, "trace_alpha": args.trace_alpha}
-    save_json(result, RESULTS / f"tracing_channel_{args.tag}{f'_ta{args.trace_alpha:g}' if args.trace_alpha else ''}.json")
+    result = analyse(lines, args.trace_alpha, args.reads) | {"tag": args.tag, "overrides": overrides,
+                                                            "trace_alpha": args.trace_alpha, "reads": args.reads}
+    suffix = (f"_ta{args.trace_alpha:g}" if args.trace_alpha else "") + (f"_r{args.reads}" if args.reads else "")
+    save_json(result, RESULTS / f"tracing_channel_{args.tag}{suffix}.json")
     cols = (["attack", "strength", "clean_acc", "kept", "j_to_i", "i_to_j", "to_other"] + [f"traced[{w}]" for w in WEIGHTS]
             + [f"traced_per_seed[{DEFAULT_WEIGHTS}]"])
     print(" | ".join(cols))

@@ -218,6 +218,117 @@ def test_a_key_with_a_bad_weighting_is_refused() -> None:
     assert rule_problem(make_key(dict(CODE, weightings=["balanced", {"j": 1.0, "i": 0.25}]))) is None
 
 
+# -- repeated reads of a suspect that answers at random ------------------------------------------------
+
+
+def noisy_reads(key: Key, labels: torch.Tensor, reads: int, back: float, seed: int = 0) -> torch.Tensor:
+    """(reads, n) answers of a deployment that adds fresh noise to each query: every read sends each trigger
+    to its source label i with chance `back` (noise pushes triggers back over the boundary) and to a label
+    outside the pair with chance 0.05, independently per read."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(reads, len(labels), generator=g)
+    out = torch.where(u < back, key.pairs[:, 0], labels)
+    return torch.where(u > 0.95, other_labels(key, seed), out)
+
+
+@pytest.mark.parametrize("v", [[3, 1, 0, 2, 2], [1] * 9, [5, 5, 5, 7], [0, 0, 4], [240, 17, 1, 1, 239, 3]])
+def test_integer_sign_null_matches_enumeration(v) -> None:
+    from fingermarks.evidence.nulls import IntegerSignNull
+
+    null = IntegerSignNull(v)
+    outcomes = [sum(s * w for s, w in zip(signs, v)) for signs in itertools.product([-1, 1], repeat=len(v))]
+    for s in sorted(set(outcomes)) + [min(outcomes) - 1, max(outcomes) + 1]:
+        assert null.sf(s) == pytest.approx(sum(o >= s for o in outcomes) / len(outcomes))
+    assert null.pmf.sum() == pytest.approx(1.0)
+    acceptance = [0.5, 1.0]
+    for alpha in (0.3, 0.01):
+        t = null.threshold(acceptance, alpha)
+        reaching = [o for o in sorted(set(outcomes)) if sum(x >= o for x in outcomes) / len(outcomes) * 3 <= alpha]
+        assert t == (reaching[0] if reaching else math.inf)
+    with pytest.raises(ValueError):
+        IntegerSignNull([1, -2])
+
+
+def test_repeated_reads_trace_a_noisy_copy_that_one_read_loses() -> None:
+    """Fresh noise on every query sends most triggers back to i; one read leaves too little, but over 15
+    reads each trigger's lean to j or i (against the suspect's mean) still carries the user's ID."""
+    registry = [f"user{u}" for u in range(100)]
+    key = make_key(dict(CODE, weightings=["balanced"], reads=15), users=registry, n=128)
+    reads = noisy_reads(key, key.target_labels(key.users["user7"]), 15, back=0.8)
+    one, many = verify_labels(key, reads[0]), verify_labels(key, reads)
+    assert not one.owned and one.traced_user is None
+    assert many.owned and many.traced_user == "user7" and many.accused == ["user7"] and many.p_value < 1e-6
+    assert many.evidence["reads"] == 15 and many.evidence["weighting"] == {"balanced": True}
+    assert "15 reads" in many.threshold_how and "quantised" in many.p_value_how
+    assert 0 < many.threshold < 1 and many.bit_acc is not None
+
+
+def test_identical_reads_decide_like_one_read() -> None:
+    """A deterministic suspect's R reads are its one read: the per-trigger weights are the two-weight
+    balanced rule's up to scale (and quantisation), so the verdict and the p-value agree with one read."""
+    registry = [f"user{u}" for u in range(100)]
+    key = make_key(dict(CODE, weightings=["balanced"], reads=5), users=registry, n=128)
+    labels = adversarially_trained_copy(key, "user7", back=0.6)
+    one, same = verify_labels(key, labels), verify_labels(key, labels.repeat(5, 1))
+    assert one.traced_user == same.traced_user == "user7" and one.owned and same.owned
+    assert math.log10(same.p_value) == pytest.approx(math.log10(one.p_value), abs=0.3)
+    assert verify_labels(key, labels.view(1, -1)).p_value == one.p_value  # one read as (1, n) is one read
+
+
+@pytest.mark.parametrize("weightings", [["balanced"], [{"j": 1.0, "i": 1.0}, "balanced"]])
+def test_code_null_holds_for_noisy_innocent_models_read_many_times(weightings) -> None:
+    """The bound stays exact with repeated reads: innocent deployments that answer at random (each read
+    biased towards i or j, by family) are called ours at most alpha of the time over fresh secrets."""
+    alpha, trials = 0.05, 240
+    decision = dict(CODE, alpha=alpha, trace_alpha=alpha, weightings=weightings, reads=7)
+    template = make_key(decision)
+    g = torch.Generator().manual_seed(4)
+    owned = named = 0
+    for t in range(trials):
+        key = make_key(decision, secret=f"null-reads-{t}")
+        lean = torch.rand(N, generator=g) * [0.9, 0.5, 0.2][t % 3]  # each trigger's own chance of j
+        reads_j = torch.rand(7, N, generator=g) < lean
+        rep = verify_labels(key, torch.where(reads_j, template.pairs[:, 1], template.pairs[:, 0]))
+        owned += rep.owned
+        named += bool(rep.accused)
+    assert owned / trials <= alpha and named / trials <= alpha
+    assert clopper_pearson(owned, trials)[0] <= alpha
+
+
+def test_reads_are_refused_where_the_rule_reads_once_and_bad_counts_are_refused(pair_key: Key) -> None:
+    from fingermarks.evidence.rules import rule_problem
+
+    with pytest.raises(ValueError, match="decides from one read"):
+        verify_labels(pair_key, torch.zeros(3, N, dtype=torch.long))
+    with pytest.raises(ValueError, match="reads of 5 labels"):
+        verify_labels(make_key(dict(CODE, reads=3)), torch.zeros(3, 5, dtype=torch.long))
+    for bad in (0, 65, 2.0, True):
+        assert "decision.reads" in rule_problem(make_key(dict(CODE, reads=bad))), bad
+
+
+def test_a_noisy_suspect_is_read_many_times_and_a_deterministic_one_twice() -> None:
+    from fingermarks.verification import query_suspect
+
+    key = make_key(dict(CODE, weightings=["balanced"], reads=6))
+
+    class Counting:
+        name, input_shape, num_classes = "s", (1, 8, 8), 10
+
+        def __init__(self, noisy: bool) -> None:
+            self.calls, self.noisy = 0, noisy
+            self.g = torch.Generator().manual_seed(0)
+
+        def labels(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return torch.randint(0, 10, (len(x),), generator=self.g) if self.noisy else torch.zeros(len(x), dtype=torch.long)
+
+    steady, noisy = Counting(False), Counting(True)
+    labels, mode = query_suspect(key, steady)
+    assert steady.calls == 2 and labels.shape == (N,) and mode == "labels"
+    labels, _ = query_suspect(key, noisy)
+    assert noisy.calls == 6 and labels.shape == (6, N)
+
+
 # -- the pool rules (the paper's pair rule, IPGuard's label rule) ------------------------------------
 
 

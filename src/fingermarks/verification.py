@@ -17,7 +17,7 @@ from fingermarks.evidence.rules import rule_for
 from fingermarks.key import Key
 from fingermarks.suspects import Suspect, check_compatible, top1
 
-__all__ = ["HOST", "Report", "query_suspect", "verify_answers", "verify_labels", "verify_suspect"]
+__all__ = ["HOST", "Report", "answer_labels", "query_suspect", "verify_answers", "verify_labels", "verify_suspect"]
 
 #: the two ways a suspect can answer: scores per class, or top-1 labels only
 MODES = ("outputs", "labels")
@@ -26,18 +26,35 @@ MODES = ("outputs", "labels")
 def verify_labels(key: Key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
     """The verdict on the suspect's top-1 labels for the key's queries.
 
+    `labels` is (n,), or (R, n) for R reads of a suspect that answers at random (rules with `reads() > 1`).
     `expected_user` (evaluations only) fixes the ID that `bit_acc` is measured against.
     """
-    labels = torch.as_tensor(labels).long().view(-1)
+    labels = torch.as_tensor(labels).long()
+    rule = rule_for(key)
+    if labels.dim() == 2 and len(labels) == 1:
+        labels = labels[0]
+    if labels.dim() == 2:
+        if labels.shape[1] != key.n:
+            raise ValueError(f"reads of {labels.shape[1]} labels for a key of {key.n} queries")
+        if rule.reads() == 1:
+            raise ValueError(f"{len(labels)} reads of the suspect, but the key's '{rule.name}' rule decides from one read")
+        return rule.decide(key, labels, expected_user)
+    labels = labels.view(-1)
     if len(labels) != key.n:
         raise ValueError(f"{len(labels)} labels for a key of {key.n} queries")
-    return rule_for(key).decide(key, labels, expected_user)
+    return rule.decide(key, labels, expected_user)
 
 
 def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
     """The suspect's answers to the key's queries, in one batch, and the mode they were asked in:
     (N, m) scores ("outputs") when the key's rule reads scores and the suspect gives them, else (N,)
-    top-1 labels ("labels"). A server asked for outputs may still answer labels: then the mode is labels."""
+    top-1 labels ("labels"). A server asked for outputs may still answer labels: then the mode is labels.
+
+    A rule that reads a suspect several times (`reads()` = R > 1, the code rule's `decision.reads`) gets a
+    second read; when it differs from the first (a deployment that adds fresh noise to every query, or
+    answers flagged queries at random), R reads in all, as (R, n) labels: averaging over reads is what
+    leaves the planted labels readable under noise. A suspect that answers the same twice is deterministic,
+    and its one read is all there is."""
     check_compatible(suspect, key.data["input_shape"], key.data["num_classes"])
     outputs = getattr(suspect, "outputs", None)
     if getattr(rule_for(key), "uses_outputs", False) and outputs is not None:
@@ -45,7 +62,21 @@ def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
         if answers.dim() == 2 and answers.is_floating_point():
             return answers, "outputs"
         return top1(answers), "labels"
-    return top1(suspect.labels(key.triggers)), "labels"
+    labels = top1(suspect.labels(key.triggers))
+    reads = rule_for(key).reads()
+    if reads > 1:
+        again = top1(suspect.labels(key.triggers))
+        if not torch.equal(again, labels):
+            labels = torch.stack([labels, again] + [top1(suspect.labels(key.triggers)) for _ in range(reads - 2)])
+    return labels, "labels"
+
+
+def answer_labels(answers: torch.Tensor, mode: str) -> torch.Tensor:
+    """One top-1 label per query from `query_suspect`'s answers: the argmax of scores, the labels of one
+    read, or the most frequent label of several reads (what reports show as the suspect's answers)."""
+    if mode == "labels" and answers.dim() == 2:
+        return torch.mode(answers, 0).values
+    return top1(answers)
 
 
 def verify_answers(key: Key, answers: torch.Tensor, mode: str, expected_user: str | None = None) -> Report:

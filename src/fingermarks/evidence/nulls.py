@@ -96,6 +96,59 @@ def accusation_p_values(scores: Sequence[float], v_one: int, v_zero: int, accept
     return np.minimum(1.0, len(scores) * sf / np.asarray(acceptance, dtype=float))
 
 
+class IntegerSignNull:
+    """The distribution of S = sum_k w_k s_k for integer weights w_k >= 0 and independent fair signs s_k.
+
+    The code rule's null when a suspect was read several times (`CodeRule`, repeated reads): each
+    trigger carries its own weight (how far its reads lean to j or i from the suspect's mean), so
+    the two-weight lattice of `weighted_sign_sf` no longer fits. Weights are integers (the rule
+    quantises them, and the statistic it compares is the quantised one), so every score is an
+    integer and the tail is exact with no floating-point tolerance. Built by convolving one
+    Binomial(c, 1/2) per distinct weight (c triggers share it): about (n + distinct) x 2W additions.
+    """
+
+    def __init__(self, weights: Sequence[int]) -> None:
+        w = np.asarray(weights, dtype=np.int64)
+        if w.ndim != 1 or (w < 0).any():
+            raise ValueError("IntegerSignNull needs a 1-D array of non-negative integer weights")
+        self.total = int(w.sum())
+        pmf = np.zeros(2 * self.total + 1)
+        pmf[self.total] = 1.0  # index = score + total
+        values, counts = np.unique(w[w > 0], return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist()):
+            # count triggers of weight `value`: the score moves by value * (2X - count), X ~ Bin(count, 1/2)
+            out = np.zeros_like(pmf)
+            for x, p in enumerate(stats.binom.pmf(np.arange(count + 1), count, 0.5)):
+                shift = value * (2 * x - count)
+                lo, hi = max(0, shift), min(len(pmf), len(pmf) + shift)
+                out[lo:hi] += p * pmf[lo - shift:hi - shift]
+            pmf = out
+        self.pmf = pmf
+        self.tail = np.minimum(1.0, np.cumsum(pmf[::-1])[::-1])  # tail[i] = P[S >= i - total]
+
+    def sf(self, score: int) -> float:
+        """P[S >= score] (exact: scores are integers)."""
+        if math.isinf(score):
+            return 0.0 if score > 0 else 1.0
+        i = int(math.ceil(score)) + self.total
+        return 1.0 if i <= 0 else (0.0 if i >= len(self.tail) else float(self.tail[i]))
+
+    def p_value(self, score: int, acceptance: Sequence[float]) -> float:
+        """Union over the registered users (each tail divided by its ID's draw-region share), as `code_p_value`."""
+        return float(min(1.0, sum(self.sf(score) / a for a in acceptance))) if acceptance else 1.0
+
+    def threshold(self, acceptance: Sequence[float], alpha: float) -> float:
+        """Smallest reachable score with `p_value <= alpha` (inf when none is)."""
+        share = sum(1.0 / a for a in acceptance)
+        ok = np.nonzero((self.tail * share <= alpha) & (self.pmf > 0))[0]
+        return float(ok[0] - self.total) if len(ok) else math.inf
+
+    def accusation_p_values(self, scores: Sequence[int], acceptance: Sequence[float]) -> np.ndarray:
+        """Per user, `U * P[S >= score_u] / acceptance_u` (capped at 1), as `accusation_p_values`."""
+        sf = np.array([self.sf(s) for s in scores])
+        return np.minimum(1.0, len(sf) * sf / np.asarray(acceptance, dtype=float))
+
+
 def accused(names: Sequence[str], p_values: Sequence[float], alpha: float) -> list[str]:
     """The users whose accusation p-value is <= alpha, strongest evidence first (ties in registry order)."""
     order = np.argsort(np.asarray(p_values, dtype=float), kind="stable")

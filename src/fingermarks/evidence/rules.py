@@ -25,8 +25,8 @@ import torch
 
 from fingermarks.codes import ERASED, decode, hamming
 from fingermarks.errors import KeyFileError
-from fingermarks.evidence.nulls import (accusation_p_values, accused, beta_binomial_sf, code_p_value, code_threshold,
-                                        fit_beta_binomial, pool_p_value)
+from fingermarks.evidence.nulls import (IntegerSignNull, accusation_p_values, accused, beta_binomial_sf, code_p_value,
+                                        code_threshold, fit_beta_binomial, pool_p_value)
 from fingermarks.evidence.report import HOST, Report
 from fingermarks.stats import tracing_p_value
 
@@ -86,9 +86,14 @@ class DecisionRule(ABC):
             return "field 'decision.alpha' must lie in (0, 1)"
         return None
 
+    def reads(self) -> int:
+        """How many times verification reads a suspect that does not answer the same twice (rules that take
+        (R, n) labels say more than 1)."""
+        return 1
+
     @abstractmethod
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
-        """The verdict on a suspect's labels for the key's queries."""
+        """The verdict on a suspect's labels for the key's queries ((n,), or (R, n) when `reads()` > 1)."""
 
 
 def _bit_acc(key, labels: torch.Tensor, user: str | None) -> float | None:
@@ -98,6 +103,8 @@ def _bit_acc(key, labels: torch.Tensor, user: str | None) -> float | None:
 
 
 BALANCED = "balanced"
+#: the most reads of a suspect a key may ask for (each is n queries)
+MAX_READS = 64
 
 
 def balanced_weights(v_j: int, v_i: int) -> dict[str, float]:
@@ -106,6 +113,78 @@ def balanced_weights(v_j: int, v_i: int) -> dict[str, float]:
     if v_j == 0 or v_i == 0 or v_j == v_i:
         return {"j": 1.0, "i": 1.0}
     return {"j": 1.0, "i": v_j / v_i} if v_j < v_i else {"j": v_i / v_j, "i": 1.0}
+
+
+class TwoWeightScores:
+    """Every user's score under one weighting of single-read labels: j-reads weigh `w["j"]`, i-reads
+    `w["i"]`, +w per agreement with the user's ID and -w per disagreement; null: `weighted_sign_sf`."""
+
+    unit = 1.0  # the margin's unit: balanced and fixed weightings have a largest weight of 1 (or less)
+
+    def __init__(self, w: dict[str, float], agree_j: torch.Tensor, agree_i: torch.Tensor, v_j: int, v_i: int,
+                 balanced: bool = False) -> None:
+        self.w, self.v_j, self.v_i = w, v_j, v_i
+        # float64: a weight such as 13 / 115 is not exact in float32, and the null tail compares scores exactly
+        self.score = w["j"] * (2 * agree_j - v_j).double() + w["i"] * (2 * agree_i - v_i).double()
+        self.top = w["j"] * v_j + w["i"] * v_i
+        self.how = f"j-reads {w['j']:g}, i-reads {w['i']:g}" + (", balanced: read off its own j / i reads" if balanced else "")
+        self.weighting = dict(w) | ({"balanced": True} if balanced else {})
+
+    def p_value(self, score: float, acceptance: list[float]) -> float:
+        return code_p_value(score, self.v_j, self.v_i, acceptance, self.w["j"], self.w["i"])
+
+    def threshold(self, acceptance: list[float], alpha: float) -> float:
+        return code_threshold(self.v_j, self.v_i, acceptance, alpha, self.w["j"], self.w["i"])
+
+    def accusation_p_values(self, scores: list[float], acceptance: list[float]) -> np.ndarray:
+        return accusation_p_values(scores, self.v_j, self.v_i, acceptance, self.w["j"], self.w["i"])
+
+
+#: repeated reads: per-trigger weights are quantised to integers up to this (the rule compares the quantised score)
+READ_RESOLUTION = 240
+
+
+class ReadScores:
+    """Every user's score under one weighting of R > 1 reads of each trigger (a suspect that answers at
+    random, e.g. one that adds fresh noise to every query, is read several times).
+
+    Per trigger, f_j and f_i are the shares of its reads answering j and i, and its signed weight is
+    a = w_j f_j - w_i f_i under a fixed weighting or, under `balanced`, a = d - mean(d) with
+    d = f_j - f_i (the mean over the triggers read as i or j at least once; others weigh 0): how far the
+    trigger leans to j or to i compared with the suspect's own average. With one read this is the
+    two-weight `balanced` rule up to scale (j-reads weigh 1 - mean(d), i-reads 1 + mean(d)). |a| is
+    quantised to integers (largest READ_RESOLUTION); a user's score is sum_k b_k sign(a_k) |a_k|_q with
+    b_k = +1 where its ID says j, -1 where i. The weights are functions of the reads alone, and given
+    them each b_k of an innocent ID is a fair coin, so the null of the quantised score is exact
+    (`IntegerSignNull`)."""
+
+    unit = float(READ_RESOLUTION)
+
+    def __init__(self, entry, f_j: torch.Tensor, f_i: torch.Tensor, says_j: torch.Tensor, reads: int) -> None:
+        if entry == BALANCED:
+            d, readable = f_j - f_i, (f_j + f_i) > 0
+            center = d[readable].mean() if bool(readable.any()) else d.new_zeros(())
+            a = torch.where(readable, d - center, torch.zeros_like(d))
+            self.how = f"balanced over {reads} reads: each trigger weighs how far its reads lean to j or i from the suspect's mean"
+            self.weighting = {"balanced": True}
+        else:
+            a = entry["j"] * f_j - entry["i"] * f_i
+            self.how = f"j-reads {entry['j']:g}, i-reads {entry['i']:g}, averaged over {reads} reads"
+            self.weighting = dict(entry)
+        big = float(a.abs().max())
+        q = torch.round(a.abs() * (READ_RESOLUTION / big)).long() if big > 0 else torch.zeros_like(a, dtype=torch.long)
+        self.null = IntegerSignNull(q.tolist())
+        self.score = (says_j @ (torch.sign(a).long() * q)).double()
+        self.top = float(self.null.total)
+
+    def p_value(self, score: float, acceptance: list[float]) -> float:
+        return self.null.p_value(score, acceptance)
+
+    def threshold(self, acceptance: list[float], alpha: float) -> float:
+        return self.null.threshold(acceptance, alpha)
+
+    def accusation_p_values(self, scores: list[float], acceptance: list[float]) -> np.ndarray:
+        return self.null.accusation_p_values(scores, acceptance)
 
 
 @register_rule
@@ -159,7 +238,8 @@ class CodeRule(DecisionRule):
     def calibrate(cls, cfg, ctx, seed: int, triggers: torch.Tensor, pairs: torch.Tensor) -> dict[str, Any]:
         weightings = cfg.get("weightings") or [cfg.get("weights") or {"j": 1.0, "i": 1.0}]
         return super().calibrate(cfg, ctx, seed, triggers, pairs) | {
-            "weightings": [BALANCED if w == BALANCED else {"j": float(w["j"]), "i": float(w["i"])} for w in weightings]}
+            "weightings": [BALANCED if w == BALANCED else {"j": float(w["j"]), "i": float(w["i"])} for w in weightings],
+            "reads": int(cfg.get("reads", 1))}
 
     @staticmethod
     def weightings_of(decision: dict[str, Any]) -> list[dict[str, float]]:
@@ -183,9 +263,18 @@ class CodeRule(DecisionRule):
                 continue
             if not isinstance(w, dict) or any(not isinstance(w.get(k), float) or w[k] < 0 for k in ("j", "i")) or w["j"] + w["i"] == 0:
                 return f"field 'decision.weightings' must hold {{j: float >= 0, i: float >= 0}}, not both 0, or '{BALANCED}'"
+        reads = key.decision.get("reads", 1)
+        if not isinstance(reads, int) or isinstance(reads, bool) or not 1 <= reads <= MAX_READS:
+            return f"field 'decision.reads' must be an integer from 1 to {MAX_READS}"
         return None
 
+    def reads(self) -> int:
+        return int(self.d.get("reads", 1))
+
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
+        reads = labels.view(1, -1) if labels.dim() == 1 else labels
+        # the most frequent read per trigger: what the report's counts, distances and bit accuracy are taken on
+        labels = torch.mode(reads, 0).values if len(reads) > 1 else reads[0]
         n = len(labels)
         names = list(key.users)
         targets = torch.stack([key.target_labels(key.users[u]) for u in names])  # (U, n)
@@ -199,31 +288,34 @@ class CodeRule(DecisionRule):
         alpha, trace_alpha = float(self.d["alpha"]), float(self.d["trace_alpha"])
         weightings = self.weightings_of(self.d)
         m = len(weightings)
+        if len(reads) == 1:
+            nulls = [TwoWeightScores(balanced_weights(v_j, v_i) if e == BALANCED else e, agree_j, agree_i, v_j, v_i, e == BALANCED)
+                     for e in weightings]
+        else:
+            says_j = (targets == key.pairs[:, 1]).long() * 2 - 1  # (U, n): +1 where a user's ID says j, -1 where i
+            f_j, f_i = (reads == key.pairs[:, 1]).double().mean(0), (reads == key.pairs[:, 0]).double().mean(0)
+            nulls = [ReadScores(e, f_j, f_i, says_j, len(reads)) for e in weightings]
         # each weighting's own nearest user and p-value; the verdict takes the smallest, times m
-        per = []
-        for entry in weightings:
-            w = balanced_weights(v_j, v_i) if entry == BALANCED else entry
-            # float64: a weight such as 13 / 115 is not exact in float32, and the null tail compares scores exactly
-            score = w["j"] * (2 * agree_j - v_j).double() + w["i"] * (2 * agree_i - v_i).double()
-            per.append((min(1.0, m * code_p_value(float(score.max()), v_j, v_i, acceptance, w["j"], w["i"])), w, score, entry))
-        p, w, score, chosen = min(per, key=lambda t: t[0])
+        per = [(min(1.0, m * s.p_value(float(s.score.max()), acceptance)), s) for s in nulls]
+        p, chosen = min(per, key=lambda t: t[0])
+        score = chosen.score
         order = torch.argsort(-score, stable=True)
         best = names[int(order[0])]
         best_score = float(score[order[0]])
         best_agree = int(agree_j[order[0]] + agree_i[order[0]])
-        # bits by which the nearest beats the runner-up, in the chosen weighting's units (for equal weights, the
-        # difference of their Hamming distances)
-        margin = int(math.floor((best_score - float(score[order[1]])) / 2 + 1e-9)) if len(names) > 1 else best_agree
+        # bits by which the nearest beats the runner-up, in units of the weighting's largest weight (for equal
+        # weights, the difference of their Hamming distances)
+        margin = (int(math.floor((best_score - float(score[order[1]])) / (2 * chosen.unit) + 1e-9)) if len(names) > 1
+                  else best_agree)
         unique = len(names) == 1 or float(score[order[1]]) < best_score
-        need = code_threshold(v_j, v_i, acceptance, alpha / m, w["j"], w["i"])
-        top = w["j"] * v_j + w["i"] * v_i
+        need = chosen.threshold(acceptance, alpha / m)
+        top = chosen.top
         owned = p <= alpha
         traced = best if (owned and p <= trace_alpha and unique and margin >= int(self.d["min_margin"])) else None
         host_dist = int(hamming(key.read_bits(labels), key.host_bits()))
         # colluders tie with each other, so nobody is the nearest by a margin: accuse each user on their own
         # score, under every weighting (m times the smallest of a user's m values)
-        acc_p = np.minimum(1.0, m * np.min(np.stack([accusation_p_values(sc.tolist(), v_j, v_i, acceptance, wt["j"], wt["i"])
-                                                     for _, wt, sc, _ in per]), 0))
+        acc_p = np.minimum(1.0, m * np.min(np.stack([s.accusation_p_values(s.score.tolist(), acceptance) for _, s in per]), 0))
         named = accused(names, acc_p.tolist(), trace_alpha) if owned else []
         row = {u: k for k, u in enumerate(names)}
         return Report(
@@ -231,8 +323,7 @@ class CodeRule(DecisionRule):
             match_rate=best_agree / n, matches=best_agree, n_queries=n,
             # the share of the best reachable score this suspect's readable triggers must reach
             threshold=(need + top) / (2 * top) if top > 0 and need != float("inf") else 1.0,
-            threshold_how=(f"weighted agreement (j-reads {w['j']:g}, i-reads {w['i']:g}"
-                           f"{', balanced: read off its own j / i reads' if chosen == BALANCED else ''}"
+            threshold_how=(f"weighted agreement ({chosen.how}"
                            f"{f'; the best of {m} weightings fixed in the key' if m > 1 else ''}) with the nearest of "
                            f"{len(names)} registered IDs over the {valid} readable triggers; owned when the chance that an "
                            f"innocent model scores this well against any registered ID is <= alpha={alpha:g}"),
@@ -240,6 +331,7 @@ class CodeRule(DecisionRule):
             p_value_how=("exact for a suspect made without the key: agreement with a secret ID is a fair coin per readable "
                          "trigger, divided by each ID's draw-region share, union over the registered IDs"
                          + (" (weights read off the labels alone, so exact given the labels)" if BALANCED in weightings else "")
+                         + (f" ({len(reads)} reads: per-trigger integer weights, exact for the quantised score)" if len(reads) > 1 else "")
                          + (f" and over the key's {m} weightings" if m > 1 else "")),
             null_rate=0.5, alpha=alpha,
             traced_user=traced, hamming=int(dist[order[0]]), margin=margin,
@@ -253,7 +345,7 @@ class CodeRule(DecisionRule):
                                          f"an innocent ID scores as well / its draw-region share <= {trace_alpha:g}; an "
                                          f"innocent ID is independent of whatever the colluders built"),
                       "reads_j": v_j, "reads_i": v_i, "agreements": best_agree,
-                      "weighting": dict(w) | ({"balanced": True} if chosen == BALANCED else {}),
+                      "weighting": chosen.weighting, "reads": len(reads),
                       "pair_match_rate": valid / n, "host_pattern_distance": host_dist},
         )
 

@@ -20,7 +20,7 @@ from torch import nn
 from fingermarks.errors import ConfigError, FingermarksError
 from fingermarks.evidence.report import HOST, Report
 from fingermarks.key import Key
-from fingermarks.suspects import HttpSuspect, ModuleSuspect, Suspect, is_remote, one_line, open_suspect, top1
+from fingermarks.suspects import HttpSuspect, ModuleSuspect, Suspect, is_remote, one_line, open_suspect
 
 SECRET_ARGUMENT = re.compile(r"(?i)(headers\.[^=]*|password|token|secret[^=]*)=(.*)")
 
@@ -129,7 +129,7 @@ def verify_one(key: Key | Sequence[Key], spec: str | os.PathLike | nn.Module | S
     """Open and verify one suspect; with `catch`, a failure (unreachable server, garbage answer, unreadable
     file) becomes an incomplete Verification carrying the one-line error instead of an exception.
     Several keys (a list) give one combined verdict (`verify_combined`)."""
-    from fingermarks.verification import query_suspect, verify_answers
+    from fingermarks.verification import answer_labels, query_suspect, verify_answers
 
     if not isinstance(key, Key):
         keys = list(key)
@@ -144,7 +144,7 @@ def verify_one(key: Key | Sequence[Key], spec: str | os.PathLike | nn.Module | S
         record.kind, record.protocol = describe(suspect)
         record.sha256 = getattr(suspect, "sha256", None)
         answers, record.mode = query_suspect(key, suspect)  # scores where the key's rule reads them
-        record.labels = [int(v) for v in top1(answers).tolist()]
+        record.labels = [int(v) for v in answer_labels(answers, record.mode).tolist()]
         record.report = verify_answers(key, answers, record.mode, expected_user)
         record.report.suspect = record.suspect
     except Exception as exc:
