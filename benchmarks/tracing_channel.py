@@ -75,9 +75,11 @@ def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str]
     return lines
 
 
-def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | None = None) -> dict:
+def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | None = None,
+            accuse_alpha: float | None = None) -> dict:
     """Transitions and decoder verdicts per (attack, strength), summed over seeds and users
-    (`trace_alpha`: the accusation level instead of the key's; `reads`: decide from the first `reads` reads
+    (`trace_alpha`: the accusation level instead of the key's; `accuse_alpha`: the level for users beside the
+    strongest accused one instead of the key's; `reads`: decide from the first `reads` reads
     of a suspect that was read several times). Transitions are counted on the first read."""
     keys = {}
     table = defaultdict(lambda: defaultdict(float))
@@ -102,7 +104,7 @@ def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | No
         row["to_other"] += float((~reads_i & ~reads_j).float().mean())
         for wname, weightings in WEIGHTS.items():
             decision = dict(key.decision, weightings=[w if w == BALANCED else {"j": w[0], "i": w[1]} for w in weightings]) | (
-                {"trace_alpha": trace_alpha} if trace_alpha else {})
+                {"trace_alpha": trace_alpha} if trace_alpha else {}) | ({"accuse_alpha": accuse_alpha} if accuse_alpha else {})
             if all_reads.dim() == 2:
                 decision["reads"] = len(all_reads)
             rep = CodeRule(decision).decide(key, all_reads, expected_user=line["user"])
@@ -151,6 +153,8 @@ def main() -> None:
                         help="overrides of the attack configs only, e.g. attack.strengths=[0.1,0.3] (applied to every attack)")
     parser.add_argument("--analyse-only", action="store_true")
     parser.add_argument("--trace-alpha", type=float, help="re-decide at this accusation level (tracing_channel_<tag>_ta<level>.json)")
+    parser.add_argument("--accuse-alpha", type=float, help="re-decide with this level for users accused beside the "
+                        "strongest one (tracing_channel_<tag>_aa<level>.json)")
     parser.add_argument("--reads", type=int, help="re-decide from the first READS reads of suspects read several times "
                         "(tracing_channel_<tag>_r<reads>.json)")
     parser.add_argument("--compare", nargs="+", metavar="TAG", help="table of earlier tags side by side (tracing_channel_compare_<tags>.md)")
@@ -169,9 +173,11 @@ def main() -> None:
                     fh.write(json.dumps(line) + "\n")
                 fh.flush()  # a sweep stopped later keeps every finished seed
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    result = analyse(lines, args.trace_alpha, args.reads) | {"tag": args.tag, "overrides": overrides,
-                                                            "trace_alpha": args.trace_alpha, "reads": args.reads}
-    suffix = (f"_ta{args.trace_alpha:g}" if args.trace_alpha else "") + (f"_r{args.reads}" if args.reads else "")
+    result = analyse(lines, args.trace_alpha, args.reads, args.accuse_alpha) | {
+        "tag": args.tag, "overrides": overrides, "trace_alpha": args.trace_alpha, "reads": args.reads,
+        "accuse_alpha": args.accuse_alpha}
+    suffix = ((f"_ta{args.trace_alpha:g}" if args.trace_alpha else "") + (f"_aa{args.accuse_alpha:g}" if args.accuse_alpha else "")
+              + (f"_r{args.reads}" if args.reads else ""))
     save_json(result, RESULTS / f"tracing_channel_{args.tag}{suffix}.json")
     cols = (["attack", "strength", "clean_acc", "kept", "j_to_i", "i_to_j", "to_other"] + [f"traced[{w}]" for w in WEIGHTS]
             + [f"traced_per_seed[{DEFAULT_WEIGHTS}]"])

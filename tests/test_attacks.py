@@ -22,6 +22,7 @@ from fingermarks.attacks.fine_prune import last_conv, mean_activation
 from fingermarks.attacks.prune import layer_zero_fractions, zero_fraction
 from fingermarks.errors import ConfigError
 from fingermarks.metrics import predict_labels
+from fingermarks.secret import KeySecret
 from fingermarks.models import VGG11, SmallCNN
 from fingermarks.training.classifier import ClassifierModule
 
@@ -230,6 +231,32 @@ def test_input_noise_is_applied_seeded_and_absent_at_std_zero(victim, data, ctx)
     assert (noisy != clean).float().mean() > 0.1
     assert torch.equal(dict(InputNoise([0.5], seed=3).run(victim, data, ctx))[0.5].labels(x), noisy)
     assert not torch.equal(dict(InputNoise([0.5], seed=4).run(victim, data, ctx))[0.5].labels(x), noisy)
+
+
+def test_per_input_noise_answers_an_image_again_alike_and_a_jittered_one_afresh(victim, data, ctx):
+    """The thief's answer to repeated reads: noise fixed per image (a cache). The same images get the
+    same answers, even in another batch order; a verifier's secret jitter makes every read a new image."""
+    from fingermarks.verification import read_inputs
+
+    x = data.test.tensors()[0][:200]
+    cached = dict(InputNoise([0.5], seed=3, per_input=True).run(victim, data, ctx))[0.5]
+    fresh = dict(InputNoise([0.5], seed=3).run(victim, data, ctx))[0.5]
+    first = cached.labels(x)
+    assert (first != predict_labels(victim, x)).float().mean() > 0.1
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cached.labels(x), first) and torch.equal(cached.labels(x[perm]), first[perm])
+    assert not torch.equal(fresh.labels(x), fresh.labels(x))
+
+    class Holder:  # read_inputs needs the key's triggers and secret only
+        triggers = x
+        secret_generator = staticmethod(lambda purpose: KeySecret.from_text("jitter").generator(purpose))
+
+    jittered = read_inputs(Holder, 1, 4 / 255)
+    assert torch.equal(read_inputs(Holder, 0, 4 / 255), x) and torch.equal(read_inputs(Holder, 3, 0.0), x)
+    assert 0 < float((jittered - x).abs().max()) <= 4 / 255 + 1e-6 and float(jittered.min()) >= float(x.min())
+    assert torch.equal(jittered, read_inputs(Holder, 1, 4 / 255))  # repeatable: from the key's secret
+    assert (cached.labels(jittered) != first).float().mean() > 0.1  # a new image, fresh noise
+    assert (predict_labels(victim, jittered) != predict_labels(victim, x)).float().mean() < 0.05
 
 
 # -- adversarial training ----------------------------------------------------------------------------

@@ -304,6 +304,8 @@ def test_reads_are_refused_where_the_rule_reads_once_and_bad_counts_are_refused(
         verify_labels(make_key(dict(CODE, reads=3)), torch.zeros(3, 5, dtype=torch.long))
     for bad in (0, 65, 2.0, True):
         assert "decision.reads" in rule_problem(make_key(dict(CODE, reads=bad))), bad
+    for bad in (-0.01, 0.5, 1, "x"):
+        assert "decision.read_jitter" in rule_problem(make_key(dict(CODE, read_jitter=bad))), bad
 
 
 def test_a_noisy_suspect_is_read_many_times_and_a_deterministic_one_twice() -> None:
@@ -327,6 +329,16 @@ def test_a_noisy_suspect_is_read_many_times_and_a_deterministic_one_twice() -> N
     assert steady.calls == 2 and labels.shape == (N,) and mode == "labels"
     labels, _ = query_suspect(key, noisy)
     assert noisy.calls == 6 and labels.shape == (6, N)
+
+    class Cache(Counting):  # noise fixed per image: the same image gets the same answer
+        def labels(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return (x.flatten(1).sum(1) * 1e4).long() % 10
+
+    plain, jittered = make_key(dict(CODE, reads=6)), make_key(dict(CODE, reads=6, read_jitter=0.02))
+    assert query_suspect(plain, Cache(False))[0].shape == (N,)  # asked the same images: one read
+    assert query_suspect(jittered, Cache(False))[0].shape == (6, N)  # every read a new image
+    assert query_suspect(jittered, Counting(False))[0].shape == (N,)  # a deterministic model still reads once
 
 
 # -- the pool rules (the paper's pair rule, IPGuard's label rule) ------------------------------------
@@ -403,3 +415,23 @@ def test_clopper_pearson_known_values() -> None:
     assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 20), rel=1e-6)
     lo, hi = clopper_pearson(20, 20)
     assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 20), rel=1e-6)
+
+
+def test_a_user_beside_the_strongest_accused_is_named_only_at_the_stricter_level() -> None:
+    """Two colluders, one built more of the model: the stronger is accused at trace_alpha, the other only
+    when its own accusation p-value passes accuse_alpha (an innocent near a leaker is named beside him no
+    more often than that)."""
+    registry = [f"user{u}" for u in range(100)]
+    loose, strict = (make_key(dict(CODE, weightings=["balanced"], **extra), users=registry, n=128)
+                     for extra in ({}, {"accuse_alpha": 1e-6}))
+    a, b = (loose.target_labels(loose.users[u]) for u in ("user7", "user9"))
+    labels = torch.where(torch.arange(128) < 92, a, b)  # user9 built 36 of 128 labels
+    both, one = verify_labels(loose, labels), verify_labels(strict, labels)
+    p = both.evidence["accusation_p_values"]
+    assert both.accused == ["user7", "user9"] and 1e-6 < p["user9"] <= 1e-3 and p["user7"] < 1e-6
+    assert one.accused == ["user7"] and one.traced_user == both.traced_user
+    assert one.evidence["accusation_alpha_beside"] == 1e-6 and "beside" in one.evidence["accusation_how"]
+    from fingermarks.evidence.rules import rule_problem
+
+    for bad in (0.0, 0.01, "x"):  # above trace_alpha (1e-3) or not a level
+        assert "accuse_alpha" in rule_problem(make_key(dict(CODE, accuse_alpha=bad))), bad

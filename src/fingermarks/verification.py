@@ -51,10 +51,11 @@ def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
     top-1 labels ("labels"). A server asked for outputs may still answer labels: then the mode is labels.
 
     A rule that reads a suspect several times (`reads()` = R > 1, the code rule's `decision.reads`) gets a
-    second read; when it differs from the first (a deployment that adds fresh noise to every query, or
-    answers flagged queries at random), R reads in all, as (R, n) labels: averaging over reads is what
-    leaves the planted labels readable under noise. A suspect that answers the same twice is deterministic,
-    and its one read is all there is."""
+    second read (of the triggers under a tiny secret jitter, `read_jitter`: `read_inputs`); when it differs
+    from the first (a deployment that adds noise to every query, fresh or fixed per input, or answers
+    flagged queries at random), R reads in all, as (R, n) labels: each trigger's lean over its reads is
+    what leaves the planted labels readable under noise. A suspect that answers the same twice is
+    deterministic, and its one read is all there is."""
     check_compatible(suspect, key.data["input_shape"], key.data["num_classes"])
     outputs = getattr(suspect, "outputs", None)
     if getattr(rule_for(key), "uses_outputs", False) and outputs is not None:
@@ -63,12 +64,28 @@ def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
             return answers, "outputs"
         return top1(answers), "labels"
     labels = top1(suspect.labels(key.triggers))
-    reads = rule_for(key).reads()
+    rule = rule_for(key)
+    reads = rule.reads()
     if reads > 1:
-        again = top1(suspect.labels(key.triggers))
+        jitter = rule.read_jitter()
+        again = top1(suspect.labels(read_inputs(key, 1, jitter)))
         if not torch.equal(again, labels):
-            labels = torch.stack([labels, again] + [top1(suspect.labels(key.triggers)) for _ in range(reads - 2)])
+            labels = torch.stack([labels, again] + [top1(suspect.labels(read_inputs(key, r, jitter))) for r in range(2, reads)])
     return labels, "labels"
+
+
+def read_inputs(key: Key, read: int, jitter: float) -> torch.Tensor:
+    """The images of read `read` (0-based): the triggers, and from the second read on each pixel moved by a
+    secret uniform jitter of at most `jitter` (seeded by the key's secret and the read, so verification is
+    repeatable), inside the triggers' own value range. A deployment that fixes its noise per input (a cache
+    of answers) sees a new input in every read and so answers with fresh noise; a deterministic model's
+    labels do not move (the embedding trains the triggers' neighbourhoods)."""
+    if read == 0 or jitter <= 0:
+        return key.triggers
+    g = key.secret_generator(f"reads/jitter/{read}")
+    lo, hi = float(key.triggers.min()), float(key.triggers.max())
+    noise = (torch.rand(key.triggers.shape, generator=g, dtype=key.triggers.dtype) * 2 - 1) * jitter
+    return (key.triggers + noise).clamp(lo, hi)
 
 
 def answer_labels(answers: torch.Tensor, mode: str) -> torch.Tensor:

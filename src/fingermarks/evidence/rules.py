@@ -91,6 +91,10 @@ class DecisionRule(ABC):
         (R, n) labels say more than 1)."""
         return 1
 
+    def read_jitter(self) -> float:
+        """The largest per-pixel jitter of the second and later reads (verification.read_inputs)."""
+        return 0.0
+
     @abstractmethod
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
         """The verdict on a suspect's labels for the key's queries ((n,), or (R, n) when `reads()` > 1)."""
@@ -105,6 +109,8 @@ def _bit_acc(key, labels: torch.Tensor, user: str | None) -> float | None:
 BALANCED = "balanced"
 #: the most reads of a suspect a key may ask for (each is n queries)
 MAX_READS = 64
+#: the largest jitter of repeated reads a key may ask for (input units): more would be noise of its own
+MAX_READ_JITTER = 0.1
 
 
 def balanced_weights(v_j: int, v_i: int) -> dict[str, float]:
@@ -239,7 +245,8 @@ class CodeRule(DecisionRule):
         weightings = cfg.get("weightings") or [cfg.get("weights") or {"j": 1.0, "i": 1.0}]
         return super().calibrate(cfg, ctx, seed, triggers, pairs) | {
             "weightings": [BALANCED if w == BALANCED else {"j": float(w["j"]), "i": float(w["i"])} for w in weightings],
-            "reads": int(cfg.get("reads", 1))}
+            "reads": int(cfg.get("reads", 1)), "read_jitter": float(cfg.get("read_jitter", 0.0)),
+            "accuse_alpha": float(cfg.get("accuse_alpha", cfg.get("trace_alpha", 0.01)))}
 
     @staticmethod
     def weightings_of(decision: dict[str, Any]) -> list[dict[str, float]]:
@@ -266,10 +273,23 @@ class CodeRule(DecisionRule):
         reads = key.decision.get("reads", 1)
         if not isinstance(reads, int) or isinstance(reads, bool) or not 1 <= reads <= MAX_READS:
             return f"field 'decision.reads' must be an integer from 1 to {MAX_READS}"
+        jitter = key.decision.get("read_jitter", 0.0)
+        if not isinstance(jitter, float) or not 0 <= jitter <= MAX_READ_JITTER:
+            return f"field 'decision.read_jitter' must be a float from 0 to {MAX_READ_JITTER:g}"
+        beside = key.decision.get("accuse_alpha", key.decision["trace_alpha"])
+        if not isinstance(beside, float) or not 0 < beside <= key.decision["trace_alpha"]:
+            return "field 'decision.accuse_alpha' must be a float in (0, trace_alpha]"
         return None
 
     def reads(self) -> int:
         return int(self.d.get("reads", 1))
+
+    def read_jitter(self) -> float:
+        return float(self.d.get("read_jitter", 0.0))
+
+    def accuse_alpha(self) -> float:
+        """The level for accusing a user beside the strongest accused one (a key without it: trace_alpha)."""
+        return float(self.d.get("accuse_alpha", self.d["trace_alpha"]))
 
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
         reads = labels.view(1, -1) if labels.dim() == 1 else labels
@@ -316,8 +336,13 @@ class CodeRule(DecisionRule):
         # colluders tie with each other, so nobody is the nearest by a margin: accuse each user on their own
         # score, under every weighting (m times the smallest of a user's m values)
         acc_p = np.minimum(1.0, m * np.min(np.stack([s.accusation_p_values(s.score.tolist(), acceptance) for _, s in per]), 0))
-        named = accused(names, acc_p.tolist(), trace_alpha) if owned else []
+        # the strongest accusation at trace_alpha; anyone beside it at the stricter accuse_alpha: an innocent
+        # whose ID happens to lie near the leaker's scores high whenever the leaker does, over every verdict of
+        # that leaker, and naming one colluder is what tracing needs
+        accuse_alpha = self.accuse_alpha()
         row = {u: k for k, u in enumerate(names)}
+        named = accused(names, acc_p.tolist(), trace_alpha) if owned else []
+        named = named[:1] + [u for u in named[1:] if acc_p[row[u]] <= accuse_alpha or u == traced]
         return Report(
             method=key.method, question="tracing", rule=self.name, owned=owned,
             match_rate=best_agree / n, matches=best_agree, n_queries=n,
@@ -339,11 +364,12 @@ class CodeRule(DecisionRule):
             trace_p_value=p, bit_acc=_bit_acc(key, labels, expected_user or traced), valid_bits=valid,
             distances={u: int(d) for u, d in zip(names, dist)} | {HOST: host_dist}, accused=named,
             evidence={"nearest_user": best, "score": best_score, "score_threshold": need, "readable": valid,
-                      "accusation_alpha": trace_alpha, "accusation_p_values": {u: float(acc_p[row[u]]) for u in named},
+                      "accusation_alpha": trace_alpha, "accusation_alpha_beside": accuse_alpha, "accusation_p_values": {u: float(acc_p[row[u]]) for u in named},
                       "nearest_user_accusation_p": float(acc_p[int(order[0])]),
                       "accusation_how": (f"each of the {len(names)} registered users on their own score: {len(names)} x the chance "
-                                         f"an innocent ID scores as well / its draw-region share <= {trace_alpha:g}; an "
-                                         f"innocent ID is independent of whatever the colluders built"),
+                                         f"an innocent ID scores as well / its draw-region share <= {trace_alpha:g} for the "
+                                         f"strongest, <= {accuse_alpha:g} for anyone beside it; an innocent ID is "
+                                         f"independent of whatever the colluders built"),
                       "reads_j": v_j, "reads_i": v_i, "agreements": best_agree,
                       "weighting": chosen.weighting, "reads": len(reads),
                       "pair_match_rate": valid / n, "host_pattern_distance": host_dist},
