@@ -87,10 +87,12 @@ def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | No
     for line in lines:
         key = keys.setdefault(line["key"], load_key(line["key"]))
         all_reads = torch.tensor(line["labels"])
-        if all_reads.dim() == 2:
-            all_reads = all_reads[:reads] if reads else all_reads
-            if len(all_reads) == 1:
-                all_reads = all_reads[0]
+        n_probes = len(key.decision["probes"]) if key.decision.get("probes") is not None and all_reads.dim() == 2 else 0
+        if all_reads.dim() == 2 and reads:  # the first `reads` reads of the triggers, and the probe reads as they are
+            base = all_reads[:len(all_reads) - n_probes][:reads]
+            all_reads = torch.cat([base, all_reads[len(all_reads) - n_probes:]])
+        if all_reads.dim() == 2 and len(all_reads) == 1:
+            all_reads = all_reads[0]
         labels = all_reads if all_reads.dim() == 1 else all_reads[0]
         target = key.target_labels(key.users[line["user"]])
         c = target == key.pairs[:, 1]  # the user carries j here

@@ -19,7 +19,12 @@ def test_run_directory_holds_every_artifact(digits_run):
     for user in ("user1", "user2", "user3"):
         assert (out / "users" / user / "model.ckpt").is_file()
         assert (out / "users" / user / "model.onnx").is_file()
-    assert json.loads((out / "summary.json").read_text())["method"] == "fingermarks"
+    written = json.loads((out / "summary.json").read_text())
+    assert written["method"] == "fingermarks"
+    # the key's decision is reported without its tensors: the probe images are the triggers scaled up
+    key = load_key(out / "key.pt")
+    assert key.decision["probes"].shape[:2] == (3, key.n) and written["key"]["decision"]["probe_scales"] == [1.25, 1.5, 2.0]
+    assert "probes" not in written["key"]["decision"] and written["key"]["decision"]["reads"] == 15
 
 
 def test_every_user_owned_and_traced_host_not_claimed(digits_run):

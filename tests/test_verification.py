@@ -435,3 +435,72 @@ def test_a_user_beside_the_strongest_accused_is_named_only_at_the_stricter_level
 
     for bad in (0.0, 0.01, "x"):  # above trace_alpha (1e-3) or not a level
         assert "accuse_alpha" in rule_problem(make_key(dict(CODE, accuse_alpha=bad))), bad
+
+
+# -- probe reads: the triggers' perturbations scaled up ------------------------------------------------
+
+
+def probe_decision(p: int = 3, n: int = N) -> dict:
+    g = torch.Generator().manual_seed(11)
+    return {"probes": torch.rand(p, n, 1, 8, 8, generator=g), "probe_scales": [1.25, 1.5, 2.0][:p]}
+
+
+def test_probe_reads_trace_a_copy_whose_triggers_fell_back_where_the_probes_did_not() -> None:
+    """Adversarial training sends most triggers back to their source label, while the scaled-up
+    perturbations still read as the user's model was taught: with the probe reads the user is traced,
+    from the triggers alone not; an untouched copy is traced either way."""
+    registry = [f"user{u}" for u in range(100)]
+    key = make_key(dict(CODE, weightings=["balanced"], **probe_decision(3, 128)), users=registry, n=128)
+    target = key.target_labels(key.users["user7"])
+    fell = adversarially_trained_copy(key, "user7", back=0.9)
+    g = torch.Generator().manual_seed(2)
+    probes = torch.stack([torch.where(torch.rand(128, generator=g) < 0.25, key.pairs[:, 1], target) for _ in range(3)])
+    alone, probed = verify_labels(key, fell), verify_labels(key, torch.cat([fell.view(1, -1), probes]))
+    assert not alone.owned and alone.evidence["probe_reads"] == 0
+    assert probed.owned and probed.traced_user == "user7" and probed.accused == ["user7"]
+    assert probed.evidence["probe_reads"] == 3 and probed.evidence["weighting"]["probes"] is True
+    assert "probe reads" in probed.threshold_how and "2 candidate scores" in probed.p_value_how
+    clean = verify_labels(key, torch.stack([target] * 4))
+    assert clean.traced_user == "user7" and clean.p_value < 1e-20
+
+
+def test_code_null_holds_with_probe_reads() -> None:
+    """Innocent deployments answering the triggers and the probes (each row its own bias) are called
+    ours at most alpha of the time over fresh secrets: the probe rows enter the lean's weights only."""
+    alpha, trials = 0.05, 240
+    decision = dict(CODE, alpha=alpha, trace_alpha=alpha, weightings=["balanced"], **probe_decision())
+    template = make_key(decision)
+    g = torch.Generator().manual_seed(6)
+    owned = 0
+    for t in range(trials):
+        key = make_key(decision, secret=f"null-probes-{t}")
+        lean = torch.rand(N, generator=g) * [0.9, 0.5, 0.2][t % 3]
+        rows = torch.rand(4, N, generator=g) < lean
+        owned += verify_labels(key, torch.where(rows, template.pairs[:, 1], template.pairs[:, 0])).owned
+    assert owned / trials <= alpha and clopper_pearson(owned, trials)[0] <= alpha
+
+
+def test_probes_are_read_after_the_triggers_and_bad_probes_are_refused() -> None:
+    from fingermarks.evidence.rules import rule_problem
+    from fingermarks.verification import query_suspect
+
+    key = make_key(dict(CODE, reads=5, **probe_decision()))
+    asked = []
+
+    class Steady:
+        name, input_shape, num_classes = "s", (1, 8, 8), 10
+
+        def labels(self, x: torch.Tensor) -> torch.Tensor:
+            asked.append(x)
+            return torch.zeros(len(x), dtype=torch.long)
+
+    labels, _ = query_suspect(key, Steady())
+    assert labels.shape == (4, N) and len(asked) == 5  # triggers, the jitter check, 3 probe sets
+    assert torch.equal(asked[0], key.triggers) and torch.equal(asked[-1], key.decision["probes"][-1])
+    assert verify_labels(key, labels[0]).evidence["probe_reads"] == 0  # trigger labels alone: no probes
+    with pytest.raises(ValueError, match="missing"):
+        verify_labels(key, labels[1:])
+    good = probe_decision()
+    for bad in ({"probes": good["probes"][:, :5]}, {"probes": torch.rand(9, N, 1, 8, 8)},
+                {"probe_scales": [1.5]}, {"probe_scales": [1, 2, 3]}):
+        assert "probe" in rule_problem(make_key(dict(CODE, **(good | bad)))), bad

@@ -290,7 +290,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "method": key.method,
         "data": ctx.datamodule.name,
         "host": {k: host_info.get(k) for k in ("clean_acc", "train_seconds", "epochs", "seed", "cached")},
-        "key": {"n_triggers": key.n, "min_distance": key.min_distance, "decision": key.decision,
+        "key": {"n_triggers": key.n, "min_distance": key.min_distance, "decision": public_decision(key.decision),
                 "keygen_seconds": key.report.get("keygen_seconds"), "generation": key.report.get("generation")},
         "verify_seconds": verify_seconds,
         "users": {u: {"clean_acc": i["clean_acc"], "acc_drop": 100 * (host_info["clean_acc"] - i["clean_acc"]),
@@ -326,3 +326,15 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
               f"smallest p-value {unique['min_p_value']:.2e}")
     print(f"run directory: {output_dir}")
     return summary
+
+
+def public_decision(decision: Any) -> Any:
+    """The key's decision without its tensors (probe images, reference outputs, encoder weights): those are
+    key material, and a run summary is meant to be read and shared."""
+    if isinstance(decision, torch.Tensor):
+        return None
+    if isinstance(decision, dict):
+        return {k: public_decision(v) for k, v in decision.items() if not isinstance(v, torch.Tensor)}
+    if isinstance(decision, (list, tuple)):
+        return [public_decision(v) for v in decision]
+    return decision

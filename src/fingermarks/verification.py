@@ -36,7 +36,7 @@ def verify_labels(key: Key, labels: torch.Tensor, expected_user: str | None = No
     if labels.dim() == 2:
         if labels.shape[1] != key.n:
             raise ValueError(f"reads of {labels.shape[1]} labels for a key of {key.n} queries")
-        if rule.reads() == 1:
+        if rule.reads() == 1 and rule.probes() is None:
             raise ValueError(f"{len(labels)} reads of the suspect, but the key's '{rule.name}' rule decides from one read")
         return rule.decide(key, labels, expected_user)
     labels = labels.view(-1)
@@ -55,7 +55,8 @@ def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
     from the first (a deployment that adds noise to every query, fresh or fixed per input, or answers
     flagged queries at random), R reads in all, as (R, n) labels: each trigger's lean over its reads is
     what leaves the planted labels readable under noise. A suspect that answers the same twice is
-    deterministic, and its one read is all there is."""
+    deterministic, and its one read is all there is. A key with probe sets (the code rule's `probes`: the
+    triggers' perturbations scaled up) gets one read of each after those, as the last rows."""
     check_compatible(suspect, key.data["input_shape"], key.data["num_classes"])
     outputs = getattr(suspect, "outputs", None)
     if getattr(rule_for(key), "uses_outputs", False) and outputs is not None:
@@ -71,6 +72,9 @@ def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
         again = top1(suspect.labels(read_inputs(key, 1, jitter)))
         if not torch.equal(again, labels):
             labels = torch.stack([labels, again] + [top1(suspect.labels(read_inputs(key, r, jitter))) for r in range(2, reads)])
+    probes = rule.probes()
+    if probes is not None:  # one read of each probe set, as the last rows
+        labels = torch.cat([labels.view(-1, key.n)] + [top1(suspect.labels(p)).view(1, -1) for p in probes])
     return labels, "labels"
 
 

@@ -95,6 +95,10 @@ class DecisionRule(ABC):
         """The largest per-pixel jitter of the second and later reads (verification.read_inputs)."""
         return 0.0
 
+    def probes(self) -> torch.Tensor | None:
+        """Images read once each after the triggers (their answers are the last rows of the labels), or None."""
+        return None
+
     @abstractmethod
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
         """The verdict on a suspect's labels for the key's queries ((n,), or (R, n) when `reads()` > 1)."""
@@ -109,6 +113,8 @@ def _bit_acc(key, labels: torch.Tensor, user: str | None) -> float | None:
 BALANCED = "balanced"
 #: the most reads of a suspect a key may ask for (each is n queries)
 MAX_READS = 64
+#: the most probe sets a key may hold (each is n more queries per verification)
+MAX_PROBES = 8
 #: the largest jitter of repeated reads a key may ask for (input units): more would be noise of its own
 MAX_READ_JITTER = 0.1
 
@@ -276,6 +282,13 @@ class CodeRule(DecisionRule):
         jitter = key.decision.get("read_jitter", 0.0)
         if not isinstance(jitter, float) or not 0 <= jitter <= MAX_READ_JITTER:
             return f"field 'decision.read_jitter' must be a float from 0 to {MAX_READ_JITTER:g}"
+        probes, scales = key.decision.get("probes"), key.decision.get("probe_scales")
+        if probes is not None:
+            if (not isinstance(probes, torch.Tensor) or probes.dim() < 2 or not 1 <= len(probes) <= MAX_PROBES
+                    or tuple(probes.shape[1:]) != tuple(key.triggers.shape)):
+                return f"field 'decision.probes' must be a (P <= {MAX_PROBES}, n, ...) tensor of images shaped like the triggers"
+            if not isinstance(scales, list) or len(scales) != len(probes) or not all(isinstance(v, float) for v in scales):
+                return "field 'decision.probe_scales' must list one float per probe set"
         beside = key.decision.get("accuse_alpha", key.decision["trace_alpha"])
         if not isinstance(beside, float) or not 0 < beside <= key.decision["trace_alpha"]:
             return "field 'decision.accuse_alpha' must be a float in (0, trace_alpha]"
@@ -287,12 +300,21 @@ class CodeRule(DecisionRule):
     def read_jitter(self) -> float:
         return float(self.d.get("read_jitter", 0.0))
 
+    def probes(self) -> torch.Tensor | None:
+        """(P, n, C, H, W) probe images read after the triggers (the triggers' perturbations scaled up), or None."""
+        return self.d.get("probes")
+
     def accuse_alpha(self) -> float:
         """The level for accusing a user beside the strongest accused one (a key without it: trace_alpha)."""
         return float(self.d.get("accuse_alpha", self.d["trace_alpha"]))
 
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
-        reads = labels.view(1, -1) if labels.dim() == 1 else labels
+        rows = labels.view(1, -1) if labels.dim() == 1 else labels
+        # a key with P probe sets: the last P rows of (R + P, n) answers are the probe reads (verification.query_suspect)
+        n_probes = len(self.probes()) if labels.dim() == 2 and self.probes() is not None else 0
+        reads, probe_reads = (rows[:-n_probes], rows[-n_probes:]) if n_probes else (rows, rows[:0])
+        if len(reads) == 0:
+            raise ValueError(f"{len(rows)} rows of answers for a key with {n_probes} probe sets: the triggers' own read is missing")
         # the most frequent read per trigger: what the report's counts, distances and bit accuracy are taken on
         labels = torch.mode(reads, 0).values if len(reads) > 1 else reads[0]
         n = len(labels)
@@ -307,14 +329,26 @@ class CodeRule(DecisionRule):
         acceptance = [float(key.id_acceptance[u]) for u in names]
         alpha, trace_alpha = float(self.d["alpha"]), float(self.d["trace_alpha"])
         weightings = self.weightings_of(self.d)
-        m = len(weightings)
+        says_j = (targets == key.pairs[:, 1]).long() * 2 - 1  # (U, n): +1 where a user's ID says j, -1 where i
+
+        def lean_scores(r: torch.Tensor) -> list:
+            f_j, f_i = (r == key.pairs[:, 1]).double().mean(0), (r == key.pairs[:, 0]).double().mean(0)
+            return [ReadScores(e, f_j, f_i, says_j, len(r)) for e in weightings]
+
         if len(reads) == 1:
             nulls = [TwoWeightScores(balanced_weights(v_j, v_i) if e == BALANCED else e, agree_j, agree_i, v_j, v_i, e == BALANCED)
                      for e in weightings]
         else:
-            says_j = (targets == key.pairs[:, 1]).long() * 2 - 1  # (U, n): +1 where a user's ID says j, -1 where i
-            f_j, f_i = (reads == key.pairs[:, 1]).double().mean(0), (reads == key.pairs[:, 0]).double().mean(0)
-            nulls = [ReadScores(e, f_j, f_i, says_j, len(reads)) for e in weightings]
+            nulls = lean_scores(reads)
+        if n_probes:
+            # the triggers' reads with the probe reads (the triggers' perturbations scaled up): one more candidate
+            # per weighting, and the union bound over all of them
+            probed = lean_scores(torch.cat([reads, probe_reads]))
+            for s in probed:
+                s.how += f", with the {n_probes} probe reads (perturbations x {', '.join(f'{v:g}' for v in self.d['probe_scales'])})"
+                s.weighting = dict(s.weighting, probes=True)
+            nulls += probed
+        m = len(nulls)
         # each weighting's own nearest user and p-value; the verdict takes the smallest, times m
         per = [(min(1.0, m * s.p_value(float(s.score.max()), acceptance)), s) for s in nulls]
         p, chosen = min(per, key=lambda t: t[0])
@@ -357,6 +391,7 @@ class CodeRule(DecisionRule):
                          "trigger, divided by each ID's draw-region share, union over the registered IDs"
                          + (" (weights read off the labels alone, so exact given the labels)" if BALANCED in weightings else "")
                          + (f" ({len(reads)} reads: per-trigger integer weights, exact for the quantised score)" if len(reads) > 1 else "")
+                         + (f" and over {m} candidate scores (weightings, with and without the probe reads)" if n_probes else "")
                          + (f" and over the key's {m} weightings" if m > 1 else "")),
             null_rate=0.5, alpha=alpha,
             traced_user=traced, hamming=int(dist[order[0]]), margin=margin,
@@ -371,7 +406,7 @@ class CodeRule(DecisionRule):
                                          f"strongest, <= {accuse_alpha:g} for anyone beside it; an innocent ID is "
                                          f"independent of whatever the colluders built"),
                       "reads_j": v_j, "reads_i": v_i, "agreements": best_agree,
-                      "weighting": chosen.weighting, "reads": len(reads),
+                      "weighting": chosen.weighting, "reads": len(reads), "probe_reads": n_probes,
                       "pair_match_rate": valid / n, "host_pattern_distance": host_dist},
         )
 

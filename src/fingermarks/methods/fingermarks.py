@@ -24,6 +24,18 @@ from fingermarks.metrics import accuracy, predict_labels
 REFERENCE_SEED = 10_000
 
 
+def probe_sets(datamodule, triggers: torch.Tensor, source_indices: list[int], scales: list[float]) -> dict[str, Any]:
+    """The code rule's probe images: each trigger's perturbation from its source image, scaled by each of
+    `scales`, clipped to the input range. Adversarial training teaches a model that perturbations as
+    small as its budget keep an image's label, which sends most triggers back to their source label;
+    the user's model was trained on the trigger itself, and a trigger pushed further along its own
+    perturbation still lands on the side the user's model was taught (README "Adversarial training")."""
+    x0, _ = datamodule.train_eval_set.tensors(torch.as_tensor(source_indices, dtype=torch.long))
+    lo, hi = (float(v) for v in datamodule.input_range)
+    delta = triggers - x0
+    return {"probes": torch.stack([(x0 + s * delta).clamp(lo, hi) for s in scales]), "probe_scales": scales}
+
+
 class FingerMarks(WatermarkMethod):
     """Keygen: n triggers, each a training image x (label i) moved so the host answers j
     (its least likely label) with margin k while i is pushed down; bit 0 -> i, bit 1 -> j.
@@ -110,6 +122,9 @@ class FingerMarks(WatermarkMethod):
         if rule not in RULES:
             raise ConfigError(f"method.decision.rule={rule!r}: expected one of {', '.join(sorted(RULES))}")
         decision = RULES[rule].calibrate(self.decision, ctx, seed, fp["triggers"], pairs)
+        scales = [float(v) for v in self.decision.get("probe_scales") or []]
+        if scales and rule == "code":
+            decision |= probe_sets(ctx.datamodule, fp["triggers"], report["source_indices"], scales)
         swap = (torch.rand(self.n, generator=secret.generator("swap")) < 0.5 if self.encoding.keyed_swap
                 else torch.zeros(self.n, dtype=torch.bool))
         key = Key.for_host(self.name, host, ctx.datamodule, fp["triggers"], pairs, decision, seed,
