@@ -101,7 +101,8 @@ class DecisionRule(ABC):
 
     @abstractmethod
     def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
-        """The verdict on a suspect's labels for the key's queries ((n,), or (R, n) when `reads()` > 1)."""
+        """The verdict on a suspect's labels for the key's queries: (n,), or (R + P, n) from
+        `verification.query_suspect` when the rule reads more than once (`reads()`) or has P probe sets."""
 
 
 def _bit_acc(key, labels: torch.Tensor, user: str | None) -> float | None:
