@@ -26,7 +26,8 @@ MODES = ("outputs", "labels")
 def verify_labels(key: Key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
     """The verdict on the suspect's top-1 labels for the key's queries.
 
-    `labels` is (n,), or (R, n) for R reads of a suspect that answers at random (rules with `reads() > 1`).
+    `labels` is (n,), or (R + P, n) as `query_suspect` gives them: R reads of a suspect that answers at random
+    (rules with `reads() > 1`) and one read of each of the rule's P probe sets, last.
     `expected_user` (evaluations only) fixes the ID that `bit_acc` is measured against.
     """
     labels = torch.as_tensor(labels).long()
@@ -46,7 +47,7 @@ def verify_labels(key: Key, labels: torch.Tensor, expected_user: str | None = No
 
 
 def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
-    """The suspect's answers to the key's queries, in one batch, and the mode they were asked in:
+    """The suspect's answers to the key's queries (each read one batch) and the mode they were asked in:
     (N, m) scores ("outputs") when the key's rule reads scores and the suspect gives them, else (N,)
     top-1 labels ("labels"). A server asked for outputs may still answer labels: then the mode is labels.
 
