@@ -107,8 +107,6 @@ def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | No
         for wname, weightings in WEIGHTS.items():
             decision = dict(key.decision, weightings=[w if w == BALANCED else {"j": w[0], "i": w[1]} for w in weightings]) | (
                 {"trace_alpha": trace_alpha} if trace_alpha else {}) | ({"accuse_alpha": accuse_alpha} if accuse_alpha else {})
-            if all_reads.dim() == 2:
-                decision["reads"] = len(all_reads)
             rep = CodeRule(decision).decide(key, all_reads, expected_user=line["user"])
             row[f"owned[{wname}]"] += rep.owned
             guilty = line.get("colluders") or [line["user"]]

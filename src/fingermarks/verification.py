@@ -60,13 +60,13 @@ def query_suspect(key: Key, suspect: Suspect) -> tuple[torch.Tensor, str]:
     triggers' perturbations scaled up) gets one read of each after those, as the last rows."""
     check_compatible(suspect, key.data["input_shape"], key.data["num_classes"])
     outputs = getattr(suspect, "outputs", None)
-    if getattr(rule_for(key), "uses_outputs", False) and outputs is not None:
+    rule = rule_for(key)
+    if getattr(rule, "uses_outputs", False) and outputs is not None:
         answers = outputs(key.triggers)
         if answers.dim() == 2 and answers.is_floating_point():
             return answers, "outputs"
         return top1(answers), "labels"
     labels = top1(suspect.labels(key.triggers))
-    rule = rule_for(key)
     reads = rule.reads()
     if reads > 1:
         jitter = rule.read_jitter()

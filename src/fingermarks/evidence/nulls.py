@@ -48,12 +48,23 @@ def weighted_sign_sf(score: float, v_one: int, v_zero: int, w_one: float = 1.0, 
     return float(min(1.0, (p1 * tail).sum()))
 
 
+def union_p_value(sf: float, acceptance: Sequence[float]) -> float:
+    """Union over the registered users of a one-ID tail `sf`, each divided by its ID's draw-region share."""
+    return float(min(1.0, sum(sf / a for a in acceptance))) if acceptance else 1.0
+
+
+def union_accusations(sf: np.ndarray, acceptance: Sequence[float]) -> np.ndarray:
+    """Per user, `U * sf_u / acceptance_u` (capped at 1) from each user's own tail `sf_u`."""
+    if len(acceptance) != len(sf):
+        raise ValueError(f"{len(sf)} scores for {len(acceptance)} acceptance shares")
+    return np.minimum(1.0, len(sf) * np.asarray(sf, dtype=float) / np.asarray(acceptance, dtype=float))
+
+
 def code_p_value(score: float, v_one: int, v_zero: int, acceptance: Sequence[float], w_one: float = 1.0, w_zero: float = 1.0) -> float:
     """Union bound over registered users of the chance an innocent ID scores at least `score`."""
     if not acceptance:
         return 1.0
-    sf = weighted_sign_sf(score, v_one, v_zero, w_one, w_zero)
-    return float(min(1.0, sum(sf / a for a in acceptance)))
+    return union_p_value(weighted_sign_sf(score, v_one, v_zero, w_one, w_zero), acceptance)
 
 
 def code_threshold(v_one: int, v_zero: int, acceptance: Sequence[float], alpha: float, w_one: float = 1.0,
@@ -92,8 +103,7 @@ def accusation_p_values(scores: Sequence[float], v_one: int, v_zero: int, accept
         raise ValueError(f"{len(scores)} scores for {len(acceptance)} acceptance shares")
     # one tail per distinct score: a registry of thousands shares a few dozen score values
     tail = {s: weighted_sign_sf(s, v_one, v_zero, w_one, w_zero) for s in set(scores.tolist())}
-    sf = np.array([tail[s] for s in scores.tolist()])
-    return np.minimum(1.0, len(scores) * sf / np.asarray(acceptance, dtype=float))
+    return union_accusations(np.array([tail[s] for s in scores.tolist()]), acceptance)
 
 
 class IntegerSignNull:
@@ -135,7 +145,7 @@ class IntegerSignNull:
 
     def p_value(self, score: int, acceptance: Sequence[float]) -> float:
         """Union over the registered users (each tail divided by its ID's draw-region share), as `code_p_value`."""
-        return float(min(1.0, sum(self.sf(score) / a for a in acceptance))) if acceptance else 1.0
+        return union_p_value(self.sf(score), acceptance)
 
     def threshold(self, acceptance: Sequence[float], alpha: float) -> float:
         """Smallest reachable score with `p_value <= alpha` (inf when none is)."""
@@ -145,8 +155,7 @@ class IntegerSignNull:
 
     def accusation_p_values(self, scores: Sequence[int], acceptance: Sequence[float]) -> np.ndarray:
         """Per user, `U * P[S >= score_u] / acceptance_u` (capped at 1), as `accusation_p_values`."""
-        sf = np.array([self.sf(s) for s in scores])
-        return np.minimum(1.0, len(sf) * sf / np.asarray(acceptance, dtype=float))
+        return union_accusations(np.array([self.sf(s) for s in scores]), acceptance)
 
 
 def accused(names: Sequence[str], p_values: Sequence[float], alpha: float) -> list[str]:
