@@ -30,7 +30,8 @@ from fingermarks.attacks.base import choose_victims, make_attack
 from fingermarks.evaluation.robustness import deployed_accuracy
 from fingermarks.evidence.rules import BALANCED, CodeRule
 from fingermarks.files import save_json
-from fingermarks.key import load_key
+from fingermarks.key import host_fingerprint, load_key
+from fingermarks.methods.fingermarks import noise_leans
 from fingermarks.pipeline import distribute, make_context, obtain_host, obtain_key, user_names
 from fingermarks.suspects import ModuleSuspect
 from fingermarks.verification import query_suspect
@@ -75,17 +76,40 @@ def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str]
     return lines
 
 
+def with_noise_leans(key, seed: int, overrides: list[str], line_key: str = "key"):
+    """The key with the host's leans under noise as today's keygen adds them (the stds and read count of the
+    method config; the same secret-seeded draw), for re-deciding answers stored before keys held them."""
+    if key.decision.get("noise_leans") is not None:
+        return key
+    out = Path(tempfile.mkdtemp(prefix=f"channel-leans-{seed}-"))
+    cfg = compose_config(["trainer.enable_progress_bar=false", f"seed={seed}", f"cache_dir={ROOT / '.cache'}", *overrides], out)
+    ctx = make_context(cfg, out)
+    host, _ = obtain_host(cfg, ctx)
+    if host_fingerprint(host) != key.host_sha256:
+        raise SystemExit(f"{line_key}: the host of seed {seed} with {overrides} is not the key's host")
+    d = cfg.method.decision
+    key.decision |= noise_leans(host, key.triggers, key.pairs, [float(v) for v in d.noise_lean_stds], int(d.noise_lean_reads),
+                                ctx.datamodule.input_range, key.secret_generator("noise_leans"))
+    return key
+
+
 def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | None = None,
-            accuse_alpha: float | None = None) -> dict:
+            accuse_alpha: float | None = None, noise_leans_overrides: list[str] | None = None) -> dict:
     """Transitions and decoder verdicts per (attack, strength), summed over seeds and users
     (`trace_alpha`: the accusation level instead of the key's; `accuse_alpha`: the level for users beside the
     strongest accused one instead of the key's; `reads`: decide from the first `reads` reads
-    of a suspect that was read several times). Transitions are counted on the first read."""
+    of a suspect that was read several times; `noise_leans_overrides`: keys made without the host's noise
+    leans get them, from the host of the run's config with these overrides). Transitions are counted on the
+    first read."""
     keys = {}
     table = defaultdict(lambda: defaultdict(float))
     per_seed = defaultdict(lambda: defaultdict(int))
     for line in lines:
-        key = keys.setdefault(line["key"], load_key(line["key"]))
+        if line["key"] not in keys:
+            keys[line["key"]] = load_key(line["key"])
+            if noise_leans_overrides is not None:
+                keys[line["key"]] = with_noise_leans(keys[line["key"]], line["seed"], noise_leans_overrides, line["key"])
+        key = keys[line["key"]]
         all_reads = torch.tensor(line["labels"])
         n_probes = len(key.decision["probes"]) if key.decision.get("probes") is not None and all_reads.dim() == 2 else 0
         if all_reads.dim() == 2 and reads:  # the first `reads` reads of the triggers, and the probe reads as they are
@@ -157,6 +181,8 @@ def main() -> None:
                         "strongest one (tracing_channel_<tag>_aa<level>.json)")
     parser.add_argument("--reads", type=int, help="re-decide from the first READS reads of suspects read several times "
                         "(tracing_channel_<tag>_r<reads>.json)")
+    parser.add_argument("--noise-leans", action="store_true", help="re-decide keys made without the host's leans under "
+                        "noise as if they held them (tracing_channel_<tag>_nl.json)")
     parser.add_argument("--compare", nargs="+", metavar="TAG", help="table of earlier tags side by side (tracing_channel_compare_<tags>.md)")
     args, overrides = parser.parse_known_args()
     if args.compare:
@@ -173,11 +199,11 @@ def main() -> None:
                     fh.write(json.dumps(line) + "\n")
                 fh.flush()  # a sweep stopped later keeps every finished seed
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    result = analyse(lines, args.trace_alpha, args.reads, args.accuse_alpha) | {
+    result = analyse(lines, args.trace_alpha, args.reads, args.accuse_alpha, overrides if args.noise_leans else None) | {
         "tag": args.tag, "overrides": overrides, "trace_alpha": args.trace_alpha, "reads": args.reads,
-        "accuse_alpha": args.accuse_alpha}
+        "accuse_alpha": args.accuse_alpha, "noise_leans": args.noise_leans}
     suffix = ((f"_ta{args.trace_alpha:g}" if args.trace_alpha else "") + (f"_aa{args.accuse_alpha:g}" if args.accuse_alpha else "")
-              + (f"_r{args.reads}" if args.reads else ""))
+              + (f"_r{args.reads}" if args.reads else "") + ("_nl" if args.noise_leans else ""))
     save_json(result, RESULTS / f"tracing_channel_{args.tag}{suffix}.json")
     cols = (["attack", "strength", "clean_acc", "kept", "j_to_i", "i_to_j", "to_other"] + [f"traced[{w}]" for w in WEIGHTS]
             + [f"traced_per_seed[{DEFAULT_WEIGHTS}]"])

@@ -504,3 +504,74 @@ def test_probes_are_read_after_the_triggers_and_bad_probes_are_refused() -> None
     for bad in ({"probes": good["probes"][:, :5]}, {"probes": torch.rand(9, N, 1, 8, 8)},
                 {"probe_scales": [1.5]}, {"probe_scales": [1, 2, 3]}):
         assert "probe" in rule_problem(make_key(dict(CODE, **(good | bad)))), bad
+
+
+# -- the host's own leans under noise: what a noisy suspect's leans are fitted on -----------------------
+
+
+def host_noise_reads(key: Key, user: str | None, reads: int, spread: torch.Tensor, shift: float, seed: int) -> torch.Tensor:
+    """(reads, n) answers of a noisy deployment: trigger t answers j with chance (1 + spread_t) / 2, where
+    `spread` is how the noise treats each trigger (shared with the host), moved by `shift` towards the
+    user's label (none for an innocent model, user None); i otherwise."""
+    p_j = (1 + spread) / 2
+    if user is not None:
+        says_j = key.target_labels(key.users[user]) == key.pairs[:, 1]
+        p_j = p_j + torch.where(says_j, shift, -shift)
+    g = torch.Generator().manual_seed(seed)
+    j = torch.rand(reads, len(spread), generator=g) < p_j.clamp(0, 1)
+    return torch.where(j, key.pairs[:, 1], key.pairs[:, 0])
+
+
+def noise_lean_decision(spread: torch.Tensor, seed: int = 12) -> dict:
+    """The host's leans at two noise levels: the spread measured over 64 reads, and a weaker copy."""
+    g = torch.Generator().manual_seed(seed)
+    measured = (torch.rand(64, len(spread), generator=g) < (1 + spread) / 2).float().mean(0) * 2 - 1
+    return {"noise_leans": torch.stack([measured, measured * 0.5 + 0.5]), "noise_lean_stds": [0.3, 0.15]}
+
+
+def test_the_hosts_leans_under_noise_trace_a_noisy_copy_that_the_mean_loses() -> None:
+    """Noise sends each trigger back to i at its own rate (how far it sits from the boundary); that spread
+    drowns a small shift towards the user's labels when leans are only centred on their mean. Fitted on
+    the host's own leans, the spread is removed and the shift names the user."""
+    registry = [f"user{u}" for u in range(100)]
+    spread = torch.rand(128, generator=torch.Generator().manual_seed(5)) * 1.8 - 0.9
+    plain = make_key(dict(CODE, weightings=["balanced"], reads=15), users=registry, n=128)
+    fitted = make_key(dict(plain.decision, **noise_lean_decision(spread)), users=registry, n=128)
+    reads = host_noise_reads(plain, "user7", 15, spread, 0.12, seed=3)
+    mean, fit = verify_labels(plain, reads), verify_labels(fitted, reads)
+    assert not mean.owned and mean.traced_user is None
+    assert fit.owned and fit.traced_user == "user7" and fit.accused == ["user7"] and fit.p_value < 1e-6
+    assert fit.evidence["weighting"] == {"balanced": True, "host_noise_leans": True}
+    assert "host's own leans" in fit.threshold_how and mean.evidence["weighting"] == {"balanced": True}
+    # one read decides as before: the fit is for a suspect read several times
+    assert verify_labels(fitted, reads[0]).evidence["weighting"] == verify_labels(plain, reads[0]).evidence["weighting"]
+
+
+def test_code_null_holds_with_the_hosts_noise_leans() -> None:
+    """Innocent deployments whose noisy answers follow the host's leans closely (the fit explains them
+    well) or not at all are called ours at most alpha of the time over fresh secrets: the fit uses the
+    reads and the host, never an ID."""
+    alpha, trials = 0.05, 480
+    spread = torch.rand(N, generator=torch.Generator().manual_seed(8)) * 1.8 - 0.9
+    decision = dict(CODE, alpha=alpha, trace_alpha=alpha, weightings=["balanced"], reads=7, **noise_lean_decision(spread))
+    g = torch.Generator().manual_seed(9)
+    owned = named = 0
+    for t in range(trials):
+        key = make_key(decision, secret=f"null-noise-leans-{t}")
+        own = spread if t % 2 else torch.rand(N, generator=g) * 1.8 - 0.9
+        rep = verify_labels(key, host_noise_reads(key, None, 7, own, 0.0, seed=t))
+        owned += rep.owned
+        named += bool(rep.accused)
+    assert owned / trials <= alpha and named / trials <= alpha
+    assert clopper_pearson(owned, trials)[0] <= alpha
+
+
+def test_bad_noise_leans_are_refused() -> None:
+    from fingermarks.evidence.rules import rule_problem
+
+    good = noise_lean_decision(torch.zeros(N))
+    assert rule_problem(make_key(dict(CODE, **good))) is None
+    for bad in ({"noise_leans": good["noise_leans"][:, :5]}, {"noise_leans": torch.zeros(9, N)},
+                {"noise_leans": good["noise_leans"] * 3}, {"noise_leans": torch.full((2, N), float("nan"))},
+                {"noise_lean_stds": [0.3]}, {"noise_lean_stds": [0.3, -1.0]}):
+        assert "noise_lean" in rule_problem(make_key(dict(CODE, **(good | bad)))), bad

@@ -118,6 +118,8 @@ MAX_READS = 64
 MAX_PROBES = 8
 #: the largest jitter of repeated reads a key may ask for (input units): more would be noise of its own
 MAX_READ_JITTER = 0.1
+#: the most noise levels at which a key may hold the host's own leans (each is one regressor of `ReadScores`)
+MAX_NOISE_LEANS = 8
 
 
 def balanced_weights(v_j: int, v_i: int) -> dict[str, float]:
@@ -169,17 +171,34 @@ class ReadScores:
     quantised to integers (largest READ_RESOLUTION); a user's score is sum_k b_k sign(a_k) |a_k|_q with
     b_k = +1 where its ID says j, -1 where i. The weights are functions of the reads alone, and given
     them each b_k of an innocent ID is a fair coin, so the null of the quantised score is exact
-    (`IntegerSignNull`)."""
+    (`IntegerSignNull`).
+
+    `host_leans` (S, n), under `balanced`: the host's own d under Gaussian noise of S levels, computed at
+    keygen (`decision.noise_leans`). Noise sends each trigger back to i at a rate of its own (how far it
+    sits from the boundary), and that spread, not the ID, dominates d; a = the residual of d after a least-
+    squares fit on [1, host leans] over the readable triggers removes it. The fit uses the reads and the host
+    alone, never an ID, so the null stays exact; with no host leans the fit is the mean, as above."""
+
+    #: a fit needs this many readable triggers per regressor, else the mean alone is taken
+    fit_per_regressor = 4
 
     unit = float(READ_RESOLUTION)
 
-    def __init__(self, entry, f_j: torch.Tensor, f_i: torch.Tensor, says_j: torch.Tensor, reads: int) -> None:
+    def __init__(self, entry, f_j: torch.Tensor, f_i: torch.Tensor, says_j: torch.Tensor, reads: int,
+                 host_leans: torch.Tensor | None = None) -> None:
         if entry == BALANCED:
             d, readable = f_j - f_i, (f_j + f_i) > 0
-            center = d[readable].mean() if bool(readable.any()) else d.new_zeros(())
-            a = torch.where(readable, d - center, torch.zeros_like(d))
-            self.how = f"balanced over {reads} reads: each trigger weighs how far its reads lean to j or i from the suspect's mean"
-            self.weighting = {"balanced": True}
+            fitted = host_leans is not None and int(readable.sum()) >= self.fit_per_regressor * (1 + len(host_leans))
+            if fitted:
+                regressors = torch.cat([torch.ones(len(d), 1, dtype=d.dtype), host_leans.T.to(d.dtype)], 1)
+                coef = torch.linalg.lstsq(regressors[readable], d[readable].unsqueeze(1)).solution
+                expected = (regressors @ coef).squeeze(1)
+            else:
+                expected = d[readable].mean() if bool(readable.any()) else d.new_zeros(())
+            a = torch.where(readable, d - expected, torch.zeros_like(d))
+            self.how = (f"balanced over {reads} reads: each trigger weighs how far its reads lean to j or i from "
+                        + ("what the host's own leans under noise predict" if fitted else "the suspect's mean"))
+            self.weighting = {"balanced": True} | ({"host_noise_leans": True} if fitted else {})
         else:
             a = entry["j"] * f_j - entry["i"] * f_i
             self.how = f"j-reads {entry['j']:g}, i-reads {entry['i']:g}, averaged over {reads} reads"
@@ -290,6 +309,15 @@ class CodeRule(DecisionRule):
                 return f"field 'decision.probes' must be a (P <= {MAX_PROBES}, n, ...) tensor of images shaped like the triggers"
             if not isinstance(scales, list) or len(scales) != len(probes) or not all(isinstance(v, float) for v in scales):
                 return "field 'decision.probe_scales' must list one float per probe set"
+        leans, stds = key.decision.get("noise_leans"), key.decision.get("noise_lean_stds")
+        if leans is not None:
+            if (not isinstance(leans, torch.Tensor) or leans.dim() != 2 or not 1 <= len(leans) <= MAX_NOISE_LEANS
+                    or leans.shape[1] != len(key.triggers) or not bool(torch.isfinite(leans).all())
+                    or float(leans.abs().max()) > 1):
+                return (f"field 'decision.noise_leans' must be an (S <= {MAX_NOISE_LEANS}, n) tensor of the host's "
+                        "leans in [-1, 1], one row per noise level")
+            if not isinstance(stds, list) or len(stds) != len(leans) or not all(isinstance(v, float) and v > 0 for v in stds):
+                return "field 'decision.noise_lean_stds' must list one float > 0 per row of decision.noise_leans"
         beside = key.decision.get("accuse_alpha", key.decision["trace_alpha"])
         if not isinstance(beside, float) or not 0 < beside <= key.decision["trace_alpha"]:
             return "field 'decision.accuse_alpha' must be a float in (0, trace_alpha]"
@@ -334,7 +362,7 @@ class CodeRule(DecisionRule):
 
         def lean_scores(r: torch.Tensor) -> list:
             f_j, f_i = (r == key.pairs[:, 1]).double().mean(0), (r == key.pairs[:, 0]).double().mean(0)
-            return [ReadScores(e, f_j, f_i, says_j, len(r)) for e in weightings]
+            return [ReadScores(e, f_j, f_i, says_j, len(r), self.d.get("noise_leans")) for e in weightings]
 
         if len(reads) == 1:
             nulls = [TwoWeightScores(balanced_weights(v_j, v_i) if e == BALANCED else e, agree_j, agree_i, v_j, v_i, e == BALANCED)

@@ -36,6 +36,23 @@ def probe_sets(datamodule, triggers: torch.Tensor, source_indices: list[int], sc
     return {"probes": torch.stack([(x0 + s * delta).clamp(lo, hi) for s in scales]), "probe_scales": scales}
 
 
+def noise_leans(host: nn.Module, triggers: torch.Tensor, pairs: torch.Tensor, stds: list[float], reads: int,
+                input_range, generator: torch.Generator) -> dict[str, Any]:
+    """The host's own lean on every trigger under Gaussian noise of each std: the share of `reads` noisy
+    reads answering j minus the share answering i, (S, n). A deployment that adds noise sends each
+    trigger back to i at a rate set by how far it sits from the boundary, the same for the host and every
+    user's copy; the code rule fits a noisy suspect's leans on these and reads the ID in what is left
+    (evidence.rules.ReadScores). They come from the host and the triggers alone, never from an ID."""
+    lo, hi = (float(v) for v in input_range)
+    x = triggers.unsqueeze(0).expand(reads, *triggers.shape)
+    leans = []
+    for std in stds:
+        noisy = (x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype)).clamp(lo, hi)
+        labels = predict_labels(host, noisy.flatten(0, 1)).view(reads, len(triggers))
+        leans.append((labels == pairs[:, 1]).float().mean(0) - (labels == pairs[:, 0]).float().mean(0))
+    return {"noise_leans": torch.stack(leans), "noise_lean_stds": [float(v) for v in stds]}
+
+
 class FingerMarks(WatermarkMethod):
     """Keygen: n triggers, each a training image x (label i) moved so the host answers j
     (its least likely label) with margin k while i is pushed down; bit 0 -> i, bit 1 -> j.
@@ -125,6 +142,10 @@ class FingerMarks(WatermarkMethod):
         scales = [float(v) for v in self.decision.get("probe_scales") or []]
         if scales and rule == "code":
             decision |= probe_sets(ctx.datamodule, fp["triggers"], report["source_indices"], scales)
+        stds = [float(v) for v in self.decision.get("noise_lean_stds") or []]
+        if stds and rule == "code":
+            decision |= noise_leans(host, fp["triggers"], pairs, stds, int(self.decision.get("noise_lean_reads", 64)),
+                                    ctx.datamodule.input_range, secret.generator("noise_leans"))
         swap = (torch.rand(self.n, generator=secret.generator("swap")) < 0.5 if self.encoding.keyed_swap
                 else torch.zeros(self.n, dtype=torch.bool))
         key = Key.for_host(self.name, host, ctx.datamodule, fp["triggers"], pairs, decision, seed,
