@@ -25,6 +25,10 @@ def test_run_directory_holds_every_artifact(digits_run):
     key = load_key(out / "key.pt")
     assert key.decision["probes"].shape[:2] == (3, key.n) and written["key"]["decision"]["probe_scales"] == [1.25, 1.5, 2.0]
     assert "probes" not in written["key"]["decision"] and written["key"]["decision"]["reads"] == 15
+    # the host's leans under noise: one row per std, each trigger's share of j minus share of i
+    leans = key.decision["noise_leans"]
+    assert leans.shape == (5, key.n) and float(leans.abs().max()) <= 1 and "noise_leans" not in written["key"]["decision"]
+    assert written["key"]["decision"]["noise_lean_stds"] == [0.1, 0.2, 0.3, 0.4, 0.5]
 
 
 def test_every_user_owned_and_traced_host_not_claimed(digits_run):
@@ -68,6 +72,7 @@ def test_same_seed_same_key_ids_and_verdicts(digits_run, tmp_path):
     assert again["host"]["cached"] is False
     a, b = load_key(out / "key.pt"), load_key(tmp_path / "key.pt")
     assert torch.equal(a.triggers, b.triggers) and torch.equal(a.pairs, b.pairs)
+    assert torch.equal(a.decision["noise_leans"], b.decision["noise_leans"])
     assert {u: v.tolist() for u, v in a.users.items()} == {u: v.tolist() for u, v in b.users.items()}
     for name, rep in summary["verification"].items():
         other = again["verification"][name]
