@@ -196,3 +196,29 @@ def test_optimise_inputs_freezes_an_image_at_its_first_success() -> None:
     short = optimise_inputs(x0, objective(j), steps=int(first[early]) + 1, lr=0.05)
     assert bool(short.reached[early])
     assert torch.equal(short.images[early], out.images[early])
+
+
+def test_noise_leans_follow_how_far_each_trigger_sits_from_the_boundary() -> None:
+    """The host's lean per trigger under noise: a trigger deep on j's side stays j (+1), one on the
+    boundary answers j about half the time (~0), and more noise pulls every lean towards the middle; the
+    same generator seed gives the same leans."""
+    from fingermarks.methods.fingermarks import noise_leans
+
+    class Threshold(nn.Module):  # answers class 1 (j) when the mean pixel is above 0.5, else class 0 (i)
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x.flatten(1).mean(1, keepdim=True) * self.scale
+            return torch.cat([0.5 - m, m - 0.5], 1)
+
+    triggers = torch.stack([torch.full((1, 4, 4), v) for v in (0.9, 0.5, 0.52)])
+    pairs = torch.tensor([[0, 1]] * 3)
+    out = noise_leans(Threshold(), triggers, pairs, [0.05, 1.0], 64, (0.0, 1.0), torch.Generator().manual_seed(0))
+    leans = out["noise_leans"]
+    assert leans.shape == (2, 3) and out["noise_lean_stds"] == [0.05, 1.0]
+    assert leans[0, 0] == 1.0 and abs(float(leans[0, 1])) < 0.4 and leans[0, 2] > leans[0, 1]
+    assert leans[1, 0] < leans[0, 0]
+    again = noise_leans(Threshold(), triggers, pairs, [0.05, 1.0], 64, (0.0, 1.0), torch.Generator().manual_seed(0))
+    assert torch.equal(again["noise_leans"], leans)

@@ -44,11 +44,12 @@ def noise_leans(host: nn.Module, triggers: torch.Tensor, pairs: torch.Tensor, st
     user's copy; the code rule fits a noisy suspect's leans on these and reads the ID in what is left
     (evidence.rules.ReadScores). They come from the host and the triggers alone, never from an ID."""
     lo, hi = (float(v) for v in input_range)
-    x = triggers.unsqueeze(0).expand(reads, *triggers.shape)
     leans = []
     for std in stds:
-        noisy = (x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype)).clamp(lo, hi)
-        labels = predict_labels(host, noisy.flatten(0, 1)).view(reads, len(triggers))
+        # one read (n images) at a time: reads x n images of ImageNet size would not fit in memory at once
+        labels = torch.stack([predict_labels(host, (triggers + std * torch.randn(triggers.shape, generator=generator,
+                                                                                dtype=triggers.dtype)).clamp(lo, hi))
+                              for _ in range(reads)])
         leans.append((labels == pairs[:, 1]).float().mean(0) - (labels == pairs[:, 0]).float().mean(0))
     return {"noise_leans": torch.stack(leans), "noise_lean_stds": [float(v) for v in stds]}
 
