@@ -40,7 +40,7 @@ from fingermarks.files import save_json
 from fingermarks.methods.base import frozen
 from fingermarks.metrics import predict_labels
 from fingermarks.model_io import export_onnx, load_model, save_model
-from fingermarks.pipeline import make_context
+from fingermarks.pipeline import make_context, public_decision
 from fingermarks.secret import KeySecret
 from fingermarks.suspects import ModuleSuspect, OnnxSuspect
 from fingermarks.verification import verify_labels
@@ -209,7 +209,7 @@ def one_seed(seed: int, args, overrides: list[str]) -> dict:
         key = method.keygen(host, ctx, [], seed, KeySecret.from_text(f"integrity-{seed}-{name}"))
         gen = key.report["generation"]
         result["keys"][name] = {"keygen_seconds": time.perf_counter() - start, "generation": gen,
-                                "benign": key.report["benign"], "decision": key.decision}
+                                "benign": key.report["benign"], "decision": public_decision(key.decision)}
         print(f"seed {seed} {name}: key in {time.perf_counter() - start:.1f}s, median top-1 gap {gen['top_gap_median']:.2e}",
               flush=True)
         keys[name] = key

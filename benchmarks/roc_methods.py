@@ -30,7 +30,7 @@ from fingermarks.evaluation.roc import plot_rocs, roc_by_method
 from fingermarks.evaluation.uniqueness import uniqueness
 from fingermarks.evidence.nulls import clopper_pearson
 from fingermarks.files import save_json
-from fingermarks.pipeline import distribute, make_context, obtain_host, obtain_key, user_names
+from fingermarks.pipeline import distribute, make_context, obtain_host, obtain_key, public_decision, user_names
 
 RESULTS = ROOT / "benchmarks" / "results"
 KEEP = ("method", "attack", "strength", "default", "clean_acc", "p_value", "owned", "traced_correctly", "innocent_accused",
@@ -63,7 +63,7 @@ def one(seed: int, method_name: str, attacks: list[str], overrides: list[str]) -
                    for r in unique["rows"]]
     info = {"keygen_seconds": key.report.get("keygen_seconds"), "host_clean_acc": host_info["clean_acc"],
             "acc_drop": {u: 100 * (host_info["clean_acc"] - i["clean_acc"]) for u, i in infos.items()},
-            "decision": {k: v for k, v in key.decision.items() if k != "how"}}
+            "decision": public_decision({k: v for k, v in key.decision.items() if k != "how"})}  # no key material
     return derived, independent, info
 
 
