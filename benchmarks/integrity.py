@@ -370,8 +370,8 @@ def timing_lines(timing: dict, source: str) -> list[str]:
         for c, kinds in by_c.items():
             kinds = kinds if "wall" in kinds else {"wall": kinds}
             for kind, v in kinds.items():
-                ref = dbi.get(c, {})
-                ref = ref if "wall" in ref else {"wall": ref}
+                ref = dbi.get(c) or {}  # a file without DBI's timing (e.g. the baselines alone) gives no ratio
+                ref = ref if "wall" in ref or not ref else {"wall": ref}
                 ratio = f" = {v['median'] / ref[kind]['median']:.3f}x DBI" if kind in ref else ""
                 parts.append(f"n={c} {kind} {v['median']:.1f} s (min {v['min']:.1f}, max {v['max']:.1f}){ratio}")
         lines.append(f"- {m}: " + "; ".join(parts))
