@@ -365,13 +365,15 @@ def timing_lines(timing: dict, source: str) -> list[str]:
         return []
     lines = ["", f"Stage-1 seconds per 1,000 iterations (median of reps; ratio to DBI's median), from {source}:", ""]
     dbi = timing.get("fragile_dbi", {})
+
+    def by_kind(t: dict) -> dict:  # files written before CPU time was measured hold wall-clock seconds alone
+        return t if not t or "wall" in t else {"wall": t}
+
     for m, by_c in timing.items():
         parts = []
         for c, kinds in by_c.items():
-            kinds = kinds if "wall" in kinds else {"wall": kinds}
-            for kind, v in kinds.items():
-                ref = dbi.get(c) or {}  # a file without DBI's timing (e.g. the baselines alone) gives no ratio
-                ref = ref if "wall" in ref or not ref else {"wall": ref}
+            for kind, v in by_kind(kinds).items():
+                ref = by_kind(dbi.get(c) or {})  # a file without DBI's timing (e.g. the baselines alone) gives no ratio
                 ratio = f" = {v['median'] / ref[kind]['median']:.3f}x DBI" if kind in ref else ""
                 parts.append(f"n={c} {kind} {v['median']:.1f} s (min {v['min']:.1f}, max {v['max']:.1f}){ratio}")
         lines.append(f"- {m}: " + "; ".join(parts))

@@ -31,7 +31,6 @@ from fingermarks.evaluation.robustness import deployed_accuracy
 from fingermarks.evidence.rules import BALANCED, CodeRule
 from fingermarks.files import save_json
 from fingermarks.key import host_fingerprint, load_key
-from fingermarks.methods.fingermarks import noise_leans
 from fingermarks.pipeline import distribute, make_context, obtain_host, obtain_key, user_names
 from fingermarks.suspects import ModuleSuspect
 from fingermarks.verification import query_suspect
@@ -87,9 +86,8 @@ def with_noise_leans(key, seed: int, overrides: list[str], line_key: str = "key"
     host, _ = obtain_host(cfg, ctx)
     if host_fingerprint(host) != key.host_sha256:
         raise SystemExit(f"{line_key}: the host of seed {seed} with {overrides} is not the key's host")
-    d = cfg.method.decision
-    key.decision |= noise_leans(host, key.triggers, key.pairs, [float(v) for v in d.noise_lean_stds], int(d.noise_lean_reads),
-                                ctx.datamodule.input_range, key.secret_generator("noise_leans"))
+    key.decision |= instantiate(cfg.method).noise_lean_fields(host, key.triggers, key.pairs, ctx.datamodule.input_range,
+                                                              key.secret_generator)
     return key
 
 
@@ -111,10 +109,9 @@ def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | No
                 keys[line["key"]] = with_noise_leans(keys[line["key"]], line["seed"], noise_leans_overrides, line["key"])
         key = keys[line["key"]]
         all_reads = torch.tensor(line["labels"])
-        n_probes = len(key.decision["probes"]) if key.decision.get("probes") is not None and all_reads.dim() == 2 else 0
         if all_reads.dim() == 2 and reads:  # the first `reads` reads of the triggers, and the probe reads as they are
-            base = all_reads[:len(all_reads) - n_probes][:reads]
-            all_reads = torch.cat([base, all_reads[len(all_reads) - n_probes:]])
+            base, probe_reads = CodeRule(key.decision).split_reads(all_reads)
+            all_reads = torch.cat([base[:reads], probe_reads])
         if all_reads.dim() == 2 and len(all_reads) == 1:
             all_reads = all_reads[0]
         labels = all_reads if all_reads.dim() == 1 else all_reads[0]

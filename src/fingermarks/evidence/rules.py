@@ -337,13 +337,19 @@ class CodeRule(DecisionRule):
         """The level for accusing a user beside the strongest accused one (a key without it: trace_alpha)."""
         return float(self.d.get("accuse_alpha", self.d["trace_alpha"]))
 
-    def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
+    def split_reads(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) labels, or (R + P, n) answers as `verification.query_suspect` gives them, as the (R, n) reads of the
+        triggers and the (P, n) reads of the key's P probe sets (the last rows; none for (n,) labels)."""
         rows = labels.view(1, -1) if labels.dim() == 1 else labels
-        # a key with P probe sets: the last P rows of (R + P, n) answers are the probe reads (verification.query_suspect)
         n_probes = len(self.probes()) if labels.dim() == 2 and self.probes() is not None else 0
         reads, probe_reads = (rows[:-n_probes], rows[-n_probes:]) if n_probes else (rows, rows[:0])
         if len(reads) == 0:
             raise ValueError(f"{len(rows)} rows of answers for a key with {n_probes} probe sets: the triggers' own read is missing")
+        return reads, probe_reads
+
+    def decide(self, key, labels: torch.Tensor, expected_user: str | None = None) -> Report:
+        reads, probe_reads = self.split_reads(labels)
+        n_probes = len(probe_reads)
         # the most frequent read per trigger: what the report's counts, distances and bit accuracy are taken on
         labels = torch.mode(reads, 0).values if len(reads) > 1 else reads[0]
         n = len(labels)

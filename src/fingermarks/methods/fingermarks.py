@@ -143,16 +143,24 @@ class FingerMarks(WatermarkMethod):
         scales = [float(v) for v in self.decision.get("probe_scales") or []]
         if scales and rule == "code":
             decision |= probe_sets(ctx.datamodule, fp["triggers"], report["source_indices"], scales)
-        stds = [float(v) for v in self.decision.get("noise_lean_stds") or []]
-        if stds and rule == "code":
-            decision |= noise_leans(host, fp["triggers"], pairs, stds, int(self.decision.get("noise_lean_reads", 64)),
-                                    ctx.datamodule.input_range, secret.generator("noise_leans"))
+        decision |= self.noise_lean_fields(host, fp["triggers"], pairs, ctx.datamodule.input_range, secret.generator)
         swap = (torch.rand(self.n, generator=secret.generator("swap")) < 0.5 if self.encoding.keyed_swap
                 else torch.zeros(self.n, dtype=torch.bool))
         key = Key.for_host(self.name, host, ctx.datamodule, fp["triggers"], pairs, decision, seed,
                            {"generation": report, "source_indices": report.pop("source_indices")}, secret, swap=swap)
         key.add_users(list(users), None, int(self.ids.min_distance))
         return key
+
+    def noise_lean_fields(self, host: nn.Module, triggers: torch.Tensor, pairs: torch.Tensor, input_range,
+                          secret_generator) -> dict[str, Any]:
+        """The key's `noise_leans` / `noise_lean_stds` under this config (none when the config asks for none, or
+        the rule is not the code rule); `secret_generator(purpose)` is the key secret's (`KeySecret.generator`,
+        or `Key.secret_generator` to add them to a key made before keys held them: the same draws)."""
+        stds = [float(v) for v in self.decision.get("noise_lean_stds") or []]
+        if not stds or self.decision.rule != "code":
+            return {}
+        return noise_leans(host, triggers, pairs, stds, int(self.decision.get("noise_lean_reads", 64)), input_range,
+                           secret_generator("noise_leans"))
 
     # -- embed ----------------------------------------------------------------------
     def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
