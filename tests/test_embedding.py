@@ -337,6 +337,27 @@ def test_anchor_adds_the_l2_sp_drift_from_the_start_weights() -> None:
     assert torch.allclose(anchored.training_step((x, y), 0), plain.training_step((x, y), 0) + 0.5 * 2.0 * drift, rtol=1e-4)
 
 
+def test_scheduler_is_stepped_per_epoch_and_optional() -> None:
+    model = SmallCNN(num_classes=10, input_shape=(1, 8, 8), width=4)
+    assert isinstance(EmbeddingModule(model, 10, torch.optim.Adam).configure_optimizers(), torch.optim.Adam)
+    decaying = EmbeddingModule(model, 10, functools.partial(torch.optim.Adam, lr=1e-3),
+                               scheduler=functools.partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5))
+    conf = decaying.configure_optimizers()
+    conf["lr_scheduler"].step()
+    assert conf["optimizer"].param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_user_model_cache_recipe_ignores_the_decision_settings() -> None:
+    from fingermarks.pipeline import embedding_recipe
+
+    method = OmegaConf.load(CONF / "method" / "fingermarks.yaml")
+    read_more = OmegaConf.merge(method, {"decision": {"reads": 60, "alpha": 1e-6}})
+    slower = OmegaConf.merge(method, {"embedding": {"optimizer": {"lr": 1e-4}}})
+    assert embedding_recipe(read_more) == embedding_recipe(method)  # a decision sweep reuses the user models
+    assert embedding_recipe(slower) != embedding_recipe(method)
+    assert "decision" not in embedding_recipe(method) and "embedding" in embedding_recipe(method)
+
+
 def test_robust_eps_also_trains_each_batch_as_its_fgsm_examples() -> None:
     torch.manual_seed(0)
     model = SmallCNN(num_classes=10, input_shape=(1, 8, 8), width=4).eval()

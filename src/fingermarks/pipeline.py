@@ -135,6 +135,16 @@ def obtain_key(cfg: DictConfig, method: WatermarkMethod, host, ctx: RunContext, 
     return rank_zero_first(path, make, load_key)
 
 
+def embedding_recipe(method_cfg: DictConfig) -> dict[str, Any]:
+    """What a user's cached model depends on beyond the key: the method's config less its `decision`.
+
+    The decision settings (levels, reads, probes) only change how suspects are read and judged, and what
+    of them keygen uses is in the key's fingerprint already: a sweep over them reuses the same user models.
+    """
+    return {name: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            for name, value in method_cfg.items() if name != "decision"}
+
+
 def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: list[str], ctx: RunContext):
     """Embed each of `users` and write users/<name>/model.ckpt and model.onnx (no key material inside),
     then users/<name>/embed.json (the embedding's record and the key's fingerprint; not for shipping).
@@ -158,8 +168,7 @@ def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: 
             quiet.step(f"{user}: embedded before (users/{user}), skipped", "users", k, len(users))
             continue
         seed = int(cfg.seed) * 1000 + index[user] + 1
-        recipe = {"key": key_id, "user": user, "bits": key.users[user].tolist(), "seed": seed,
-                  "method": OmegaConf.to_container(cfg.method, resolve=True)}
+        recipe = {"key": key_id, "user": user, "bits": key.users[user].tolist(), "seed": seed, "method": embedding_recipe(cfg.method)}
         cached = cache_path(ctx.cache_dir, "users", recipe)
 
         def make(user=user, seed=seed, cached=cached):

@@ -27,7 +27,8 @@ class EmbeddingModule(L.LightningModule):
     """Cross-entropy fine-tuning on the mixed epoch data (triggers, neighbours, clean images)."""
 
     def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable, anchor: float = 0.0,
-                 robust_eps: float = 0.0, input_range: tuple[float, float] = (0.0, 1.0)) -> None:
+                 robust_eps: float = 0.0, input_range: tuple[float, float] = (0.0, 1.0),
+                 scheduler: Callable | None = None) -> None:
         super().__init__()
         if robust_eps < 0:
             raise ValueError(f"need robust_eps >= 0, got {robust_eps}")
@@ -36,7 +37,7 @@ class EmbeddingModule(L.LightningModule):
         # robust_eps (clean images keep their label, triggers their user's target), so the copy a user
         # gets is already adversarially trained and a thief's adversarial training has little left to move.
         self.robust_eps, self.input_range = robust_eps, input_range
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         # Optional L2-SP: (anchor / 2) * ||w - w_host||^2 pulls the weights back towards the host's (clean
         # images the host already fits give little gradient). Off by default: on mnist5k it cost epochs
@@ -67,7 +68,10 @@ class EmbeddingModule(L.LightningModule):
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.model.parameters())
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}  # stepped per epoch
 
 
 class EmbeddingData(L.LightningDataModule):

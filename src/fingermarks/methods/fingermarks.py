@@ -174,8 +174,10 @@ class FingerMarks(WatermarkMethod):
                              noise_copies=e.noise_copies, noise_std=e.noise_std, clean_per_trigger=e.get("clean_per_trigger"))
         from hydra.utils import instantiate
 
+        scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
         module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer), anchor=float(e.anchor),
-                                 robust_eps=float(e.robust_eps), input_range=tuple(ctx.datamodule.input_range))
+                                 robust_eps=float(e.robust_eps), input_range=tuple(ctx.datamodule.input_range),
+                                 scheduler=scheduler)
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
         validate = {} if e.validate else {"limit_val_batches": 0}
