@@ -537,6 +537,6 @@ def test_clean_per_trigger_from_the_method_config_reaches_the_epoch_data(ctx, ti
         method = method_from_yaml("fingermarks", "embedding.max_epochs=1", "embedding.allow_partial=true",
                                   f"embedding.clean_per_trigger={cap}", "embedding.batch_size=4")
         method.embed(tiny_classifier, key, "alice", ctx, seed=1)
-    # 6 triggers, all unmatched, each with its DeepFool neighbour, trigger_repeat times
-    trigger_samples = 2 * 6 * method.emb.trigger_repeat
+    # 6 triggers, all unmatched, each with its DeepFool neighbour, trigger_repeat times, and noise_copies noisy copies
+    trigger_samples = 2 * 6 * method.emb.trigger_repeat + 6 * method.emb.noise_copies
     assert sizes == [round(method.emb.p0 * len(ctx.datamodule.train_set)) + trigger_samples, 2 * trigger_samples]
