@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fingermarks.attacks.base import OptimizerFactory
-from fingermarks.training.classifier import ClassifierModule
+from fingermarks.training.classifier import ClassifierModule, optimizers
 
 #: (model, x, y) -> (x', y'): the batch to train on, made from the clean batch
 BatchMaker = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -53,7 +53,4 @@ class AttackModule(ClassifierModule):
         return self._step((x, y), self.train_acc, "train")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        return optimizers([p for p in self.model.parameters() if p.requires_grad], self.optimizer_factory, self.scheduler_factory)

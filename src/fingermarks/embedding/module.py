@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from fingermarks.embedding.dynamic_ratio import DynamicRatio
 from fingermarks.errors import EmbeddingError
 from fingermarks.perturbations import fgsm
+from fingermarks.training.classifier import optimizers
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,7 @@ class EmbeddingModule(L.LightningModule):
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}  # stepped per epoch
+        return optimizers(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)
 
 
 class EmbeddingData(L.LightningDataModule):

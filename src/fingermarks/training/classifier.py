@@ -85,6 +85,13 @@ def make_augment(augment: bool | str | BatchAugment | None) -> BatchAugment | No
     raise TypeError(f"augment must be a bool, a name ({', '.join(AUGMENTS)}) or a callable, got {augment!r}")
 
 
+def optimizers(parameters, optimizer: OptimizerFactory, scheduler: Callable | None = None):
+    """`configure_optimizers`' answer for every training module: the optimizer on `parameters`, with the
+    optional scheduler partial (taking the optimizer) stepped per epoch."""
+    opt = optimizer(parameters)
+    return opt if scheduler is None else {"optimizer": opt, "lr_scheduler": scheduler(opt)}
+
+
 class ClassifierModule(L.LightningModule):
     """Supervised training of `model` (pixels in [0, 1] in, logits out).
 
@@ -144,7 +151,4 @@ class ClassifierModule(L.LightningModule):
         self._step(batch, self.test_acc, "test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        return optimizers(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)
