@@ -128,11 +128,16 @@ def test_fingermarks_presets_differ_from_the_default_only_where_they_say(tmp_pat
 
     default = embedding("fingermarks")
     assert (default["deepfool_candidates"], default["deepfool_max_iter"], default["noise_copies"], default["noise_std"]) == (3, 10, 1, 0.2)
+    assert default["optimizer"]["lr"] == 1e-3 and default["scheduler"]["gamma"] == 0.8
+    # every preset measured before the decaying learning rate keeps the constant Adam 3e-4 it was measured with
+    earlier = {"optimizer", "scheduler"}
     noise = embedding("fingermarks_noise")
-    assert {k for k in default if noise[k] != default[k]} == {"noise_copies", "noise_std"}
+    assert {k for k in default if noise[k] != default[k]} == {"noise_copies", "noise_std"} | earlier
     assert (noise["noise_copies"], noise["noise_std"]) == (2, 0.3)
     refs30 = embedding("fingermarks_refs30")  # the embedding of the time it was the default
-    assert {k for k in default if refs30[k] != default[k]} == {"deepfool_candidates", "deepfool_max_iter", "validate", "noise_copies", "noise_std"}
+    assert {k for k in default if refs30[k] != default[k]} == {"deepfool_candidates", "deepfool_max_iter", "validate", "noise_copies", "noise_std"} | earlier
     assert (refs30["deepfool_candidates"], refs30["deepfool_max_iter"], refs30["validate"], refs30["noise_copies"]) == (10, 50, True, 0)
     paper = embedding("fingermarks_paper")  # the paper's embedding: no noisy copies
-    assert {k for k in default if paper[k] != default[k]} == {"noise_copies", "noise_std"} and paper["noise_copies"] == 0
+    assert {k for k in default if paper[k] != default[k]} == {"noise_copies", "noise_std"} | earlier and paper["noise_copies"] == 0
+    for preset in (noise, refs30, paper):
+        assert preset["scheduler"] is None and dict(preset["optimizer"]) == {**default["optimizer"], "lr": 3e-4}
