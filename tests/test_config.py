@@ -44,6 +44,7 @@ def test_default_config_is_the_embedded_chain(tmp_path):
 def test_trainer_configs(trainer, accelerator, devices, tmp_path):
     cfg = compose_cfg([f"trainer={trainer}"], tmp_path)
     assert cfg.trainer.accelerator == accelerator and cfg.trainer.devices == devices
+    assert cfg.trainer.channels_last is (trainer == "cpu")  # measured on the CPU only (training.layout)
     if trainer == "ddp":
         assert cfg.trainer.strategy == "ddp"
         assert compose_cfg(["trainer=ddp", "trainer.devices=4"], tmp_path).trainer.devices == 4

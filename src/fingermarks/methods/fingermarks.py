@@ -137,15 +137,14 @@ class FingerMarks(WatermarkMethod):
         references = self._independent(ctx, self.references, REFERENCE_SEED, seed, "reference")
         with channels_last(host):  # the same values, faster forward and input-gradient passes (training.layout)
             fp, report = self.generate(host, ctx, references, secret.generator("sources"))
-        pairs = torch.stack([fp["i"], fp["j"]], 1)
-        rule = self.decision.rule
-        if rule not in RULES:
-            raise ConfigError(f"method.decision.rule={rule!r}: expected one of {', '.join(sorted(RULES))}")
-        decision = RULES[rule].calibrate(self.decision, ctx, seed, fp["triggers"], pairs)
-        scales = [float(v) for v in self.decision.get("probe_scales") or []]
-        if scales and rule == "code":
-            decision |= probe_sets(ctx.datamodule, fp["triggers"], report["source_indices"], scales)
-        with channels_last(host):
+            pairs = torch.stack([fp["i"], fp["j"]], 1)
+            rule = self.decision.rule
+            if rule not in RULES:
+                raise ConfigError(f"method.decision.rule={rule!r}: expected one of {', '.join(sorted(RULES))}")
+            decision = RULES[rule].calibrate(self.decision, ctx, seed, fp["triggers"], pairs)
+            scales = [float(v) for v in self.decision.get("probe_scales") or []]
+            if scales and rule == "code":
+                decision |= probe_sets(ctx.datamodule, fp["triggers"], report["source_indices"], scales)
             decision |= self.noise_lean_fields(host, fp["triggers"], pairs, ctx.datamodule.input_range, secret.generator)
         swap = (torch.rand(self.n, generator=secret.generator("swap")) < 0.5 if self.encoding.keyed_swap
                 else torch.zeros(self.n, dtype=torch.bool))
