@@ -79,15 +79,18 @@ def test_same_seed_same_key_ids_and_verdicts(digits_run, tmp_path):
         assert (rep["owned"], rep["traced_user"], rep["matches"]) == (other["owned"], other["traced_user"], other["matches"])
 
 
-def test_cached_key_and_user_models_are_reused(digits_run, tmp_path, cache_dir):
+def test_cached_key_and_user_models_are_reused(digits_run, tmp_path, cache_dir, capsys):
     """A second run with the same settings (e.g. the next job of an attack sweep) reuses the host, the key
     and the user models, so every job attacks one and the same watermarked model."""
     from fingermarks.model_io import read_model_file
     from fingermarks.pipeline import run
 
     _, out, _ = digits_run
+    capsys.readouterr()
     again = run(compose_cfg(TINY + ["users=3", f"cache_dir={cache_dir}"], tmp_path), tmp_path)
     assert again["host"]["cached"] is True
+    # the summary's x_host divides by seconds recorded in another run: the table says so
+    assert f"cached host's training time as recorded when it was trained ({again['host']['train_seconds']:.1f}s)" in capsys.readouterr().out
     assert torch.equal(load_key(tmp_path / "key.pt").triggers, load_key(out / "key.pt").triggers)
     a = read_model_file(out / "users" / "user1" / "model.ckpt")["state_dict"]
     b = read_model_file(tmp_path / "users" / "user1" / "model.ckpt")["state_dict"]

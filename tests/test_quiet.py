@@ -35,6 +35,7 @@ def test_a_first_run_prints_stages_and_the_summary_only(tmp_path):
     user1 = next(line.split() for line in lines if line.startswith("user1 "))
     seconds, x_host = float(user1[header.index("embed_s")]), float(user1[header.index("x_host")])
     assert seconds > 0 and x_host > 0
+    assert "cached host's training time" not in proc.stdout  # the host was trained in this run
     assert proc.stderr.strip() == ""
     # the job's log file still has every stage
     assert "[users 1/1]" in (tmp_path / "run" / "train.log").read_text()
