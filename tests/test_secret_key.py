@@ -40,6 +40,8 @@ def test_same_seed_without_a_secret_gives_another_key_and_a_given_secret_the_sam
     again = [method.keygen(tiny_classifier, ctx, users, seed=s, secret=KeySecret.from_text("paper")) for s in (0, 0)]
     assert same_key(*again) and again[0].secret == again[1].secret
     assert bool(first.swap.any()) or bool(second.swap.any())  # keyed swap is on by default
+    # keygen takes the host channels-last (training.layout) and hands it back as it came
+    assert all(p.is_contiguous() for p in tiny_classifier.parameters())
 
 
 def _tensors(obj):
