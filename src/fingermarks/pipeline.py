@@ -263,6 +263,9 @@ def summary_table(host_info: dict, embed: dict[str, dict], reports: dict[str, Re
             f"{rep.match_rate:>6.3f} {'' if rep.bit_acc is None else f'{rep.bit_acc:.3f}':>7} {verdict_word(rep):>8} "
             f"{str(rep.traced_user):>8} {'' if rep.hamming is None else rep.hamming:>4} {'' if rep.margin is None else rep.margin:>6}"
         )
+    if host_info.get("cached") and embed:  # the host's seconds come from the run that trained it, maybe under another load
+        rows.append(f"x_host divides by the cached host's training time as recorded when it was trained "
+                    f"({host_s:.1f}s), not on this run's load")
     return "\n".join(rows)
 
 
@@ -319,9 +322,6 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
           f"{key.decision['alpha']:g}; ID min distance {key.min_distance}")
     shown = reports if len(reports) <= 21 else {n: r for i, (n, r) in enumerate(reports.items()) if i < 10 or n == "host"}
     print(summary_table(host_info, embed, shown))
-    if host_info.get("cached") and embed:  # the host's seconds come from the run that trained it, maybe under another load
-        print(f"x_host divides by the cached host's training time as recorded when it was trained "
-              f"({host_info.get('train_seconds') or 0:.1f}s), not on this run's load")
     if len(shown) < len(reports):  # thousands of users: the table's head, the rest in summary.json
         rest = [u for u in to_embed if u not in shown]
         print(f"... and {len(rest)} more users (summary.json): mean acc_drop "

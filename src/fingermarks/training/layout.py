@@ -66,4 +66,5 @@ class ChannelsLast(L.Callback):
 def trainer(*, channels_last: bool = True, callbacks: Sequence[L.Callback] | None = None, **kwargs: Any) -> L.Trainer:
     """A Lightning Trainer whose fits run with channels-last weights (`channels_last=false`: as given).
     The layout callback comes first, so the other callbacks' fit-start work (DeepFool) already uses it."""
-    return L.Trainer(callbacks=[ChannelsLast(), *(callbacks or [])] if channels_last else list(callbacks or []), **kwargs)
+    given = list(callbacks or [])
+    return L.Trainer(callbacks=[ChannelsLast(), *given] if channels_last else given, **kwargs)
