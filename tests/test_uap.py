@@ -12,7 +12,7 @@ from conftest import CONF, QUIET_TRAINER, compose_cfg
 from fingermarks.context import RunContext
 from fingermarks.data import DigitsDataModule
 from fingermarks.errors import KeyFileError
-from fingermarks.evidence.piracy import attacker_pool, owner_pool, piracy_population, query_images
+from fingermarks.evidence.piracy import attacker_pool, distill, labelled_queries, owner_pool, piracy_population, query_images
 from fingermarks.key import load_key, save_key
 from fingermarks.methods import UAPFingerprint
 from fingermarks.methods.uap import deepfool, fooling_rate, project, universal_perturbation
@@ -188,6 +188,41 @@ def test_query_budget_beyond_the_pool_is_filled_with_shifted_copies():
     x = query_images(pool, 25, torch.Generator().manual_seed(0))
     assert x.shape == (25, 1, 8, 8)
     assert torch.equal(x[:10].sort(0).values, pool.sort(0).values)
+
+
+@pytest.mark.parametrize("budget", [6, 25])
+def test_labelled_queries_draw_the_same_images_with_their_own_labels(budget):
+    pool = torch.rand(10, 1, 8, 8)
+    pool[:, 0, 3:5, 3:5] = 2 + torch.arange(10).view(-1, 1, 1).float()  # label + 2 (not a pixel value), kept by shifts <= 2
+    labels = torch.arange(10)
+    x, y = labelled_queries(pool, labels, budget, torch.Generator().manual_seed(3))
+    assert torch.equal(x, query_images(pool, budget, torch.Generator().manual_seed(3)))
+    assert len(y) == budget
+    for image, label in zip(x, y):
+        assert 2.0 + float(label) in set(image.flatten().tolist())  # every label is its own image's
+
+
+def test_a_control_student_differs_from_the_thiefs_only_in_its_labels(ctx, host):
+    """labels=truth: the same images, initialisation and batches as the hard-label student; trained on the
+    pool's own labels. Where those labels are the victim's, the two students are the same model."""
+    x, _, _ = attacker_pool(ctx.datamodule)
+    victim_labels = predict_labels(host, x)
+    args = dict(budget=80, steps=10, seed=5)
+    thief, _ = distill(host, SMALL, ctx.datamodule, x, labels="hard", **args)
+    same, _ = distill(host, SMALL, ctx.datamodule, x, labels="truth", pool_labels=victim_labels, **args)
+    other, _ = distill(host, SMALL, ctx.datamodule, x, labels="truth", pool_labels=(victim_labels + 1) % 10, **args)
+    a, b, c = (torch.nn.utils.parameters_to_vector(m.parameters()) for m in (thief, same, other))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="pool_labels"):
+        distill(host, SMALL, ctx.datamodule, x, labels="truth", **args)
+
+
+def test_a_paired_control_takes_its_students_seed(ctx, host, tmp_path):
+    x, y, _ = attacker_pool(ctx.datamodule)
+    spec = [{"kind": "distill", "student": SMALL, "budget": 60, "labels": "truth", "steps": 5, "seed": 70_004}]
+    (model, info), = piracy_population(host, spec, ctx.datamodule, x, y, 70_000, 0, tmp_path, role="control")
+    assert info["seed"] == 70_004 and info["name"] == "distill:SmallCNN:60:truth"
+    assert spec[0]["seed"] == 70_004  # the caller's spec is left as it was
 
 
 def test_piracy_population_distils_and_caches(ctx, host, tmp_path):

@@ -89,12 +89,20 @@ def shifted(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> 
 
 def query_images(pool: torch.Tensor, budget: int, generator: torch.Generator) -> torch.Tensor:
     """`budget` query images from `pool`: a random subset, or all of it plus shifted copies."""
+    return labelled_queries(pool, None, budget, generator)[0]
+
+
+def labelled_queries(pool: torch.Tensor, labels: torch.Tensor | None, budget: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`query_images` with the pool's own labels of the images drawn (None without labels): the same
+    generator draws the same images, so a control student sees exactly what the thief's student saw."""
     order = torch.randperm(len(pool), generator=generator)
     if budget <= len(pool):
-        return pool[order[:budget]]
+        return pool[order[:budget]], None if labels is None else labels[order[:budget]]
     extra = budget - len(pool)
     picks = torch.randint(0, len(pool), (extra,), generator=generator)
-    return torch.cat([pool[order], shifted(pool[picks], generator)])
+    x = torch.cat([pool[order], shifted(pool[picks], generator)])
+    return x, None if labels is None else torch.cat([labels[order], labels[picks]])
 
 
 @torch.no_grad()
@@ -139,18 +147,26 @@ def _train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, soft: bool, 
 
 
 def distill(victim: nn.Module, student_cfg, datamodule, pool: torch.Tensor, budget: int, labels: str = "hard",
-            steps: int = 800, lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, dict]:
+            steps: int = 800, lr: float = 2e-3, batch_size: int = 64, seed: int = 0,
+            pool_labels: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
     """A student of `student_cfg` (a model config, or a freshly initialised nn.Module) extracted from
-    `victim` with `budget` queries of `pool` images."""
-    if labels not in ("hard", "soft"):
-        raise ValueError(f"distill: labels must be hard or soft, got {labels!r}")
+    `victim` with `budget` queries of `pool` images: trained on the victim's top-1 labels (`hard`) or
+    probabilities (`soft`). `truth` is the control that never queries the victim: the same images, the
+    same initialisation and batches (same seed), trained on `pool_labels`, the thief's own labels."""
+    if labels not in ("hard", "soft", "truth"):
+        raise ValueError(f"distill: labels must be hard, soft or truth, got {labels!r}")
     if int(budget) < 1:
         raise ValueError(f"distill: the query budget must be >= 1, got {budget}")
+    if labels == "truth" and pool_labels is None:
+        raise ValueError("distill: labels=truth needs the pool's own labels (pool_labels)")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x = query_images(pool, int(budget), g)
-    probs = victim_answers(victim, x)
-    target = probs if labels == "soft" else probs.argmax(1)
+    x, truth = labelled_queries(pool, pool_labels if labels == "truth" else None, int(budget), g)
+    if labels == "truth":
+        target = truth
+    else:
+        probs = victim_answers(victim, x)
+        target = probs if labels == "soft" else probs.argmax(1)
     fresh = student_cfg if isinstance(student_cfg, nn.Module) else build(student_cfg, datamodule)
     student = _train(fresh, x, target, labels == "soft", steps, lr, batch_size, g)
     return student, {"queries": len(x), "steps": steps}
@@ -217,7 +233,8 @@ def make_copy(victim: nn.Module, spec: dict, datamodule, pool: torch.Tensor, lab
     start = time.perf_counter()
     if kind == "distill":
         model, info = distill(victim, spec["student"], datamodule, pool, int(spec["budget"]), spec.get("labels", "hard"),
-                              steps=int(spec.get("steps", 800)), lr=float(spec.get("lr", 2e-3)), seed=seed)
+                              steps=int(spec.get("steps", 800)), lr=float(spec.get("lr", 2e-3)), seed=seed,
+                              pool_labels=labelled[1])
     elif kind == "finetune":
         model, info = finetune(victim, *labelled, epochs=int(spec.get("epochs", 2)), lr=float(spec.get("lr", 1e-3)),
                                reinit_last=bool(spec.get("reinit_last", False)), seed=seed)
@@ -233,7 +250,8 @@ def make_copy(victim: nn.Module, spec: dict, datamodule, pool: torch.Tensor, lab
 def piracy_population(victim: nn.Module, spec: Any, datamodule, x: torch.Tensor, y: torch.Tensor, seed_base: int,
                       seed: int, cache_dir=None, role: str = "piracy") -> list[tuple[nn.Module, dict]]:
     """Every copy of `spec` made from `victim` with the images x (labels y for fine-tuning); copy r
-    gets seed seed_base + 100*seed + r. Cached by victim, spec, data and seed when `cache_dir`."""
+    gets seed seed_base + 100*seed + r, or the spec's own `seed` (a control paired with a copy takes the
+    copy's seed). Cached by victim, spec, data and seed when `cache_dir`."""
     from fingermarks.key import host_fingerprint
     from fingermarks.model_io import load_model, read_model_file, save_model
 
@@ -242,7 +260,7 @@ def piracy_population(victim: nn.Module, spec: Any, datamodule, x: torch.Tensor,
     data_id = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
     out = []
     for r, s in enumerate(expand(spec)):
-        s_seed = seed_base + 100 * seed + r
+        s_seed = int(s.pop("seed")) if "seed" in s else seed_base + 100 * seed + r
         path = cache_path(cache_dir, "piracy", {"victim": victim_id, "spec": s, "data": data_id, "seed": s_seed})
         if path is not None and path.is_file():
             model, info = load_model(path), dict(read_model_file(path)["meta"], cached=True)
