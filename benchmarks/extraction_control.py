@@ -133,6 +133,22 @@ def one_seed(seed: int, overrides: list[str]) -> dict:
     return result
 
 
+def victim_answers_summary(seed: int, overrides: list[str]) -> dict:
+    """How much a student can learn from the victim beyond the labels: its accuracy on the thief's
+    images and how confident its answers are there (the victim's host is cached)."""
+    out = Path(tempfile.mkdtemp(prefix=f"control-victim-{seed}-"))
+    cfg = compose_config(["method=uap", "trainer.enable_progress_bar=false", f"seed={seed}", f"cache_dir={ROOT / '.cache'}",
+                          *overrides], out)
+    ctx = make_context(cfg, out)
+    host, info = ctx.train_classifier(cfg.model, seed, "host")
+    x, y, _ = attacker_pool(ctx.datamodule)
+    p = predict(host, x).exp()
+    top = p.max(1).values
+    return {"seed": seed, "test_acc": info["clean_acc"], "attacker_images": len(x),
+            "agrees_with_true_label": float((p.argmax(1) == y).float().mean()),
+            "top_prob_above_0.99": float((top > 0.99).float().mean()), "mean_mass_off_top": float((1 - top).mean())}
+
+
 SCORES = ("uap_outputs", "uap_labels", "victim_errors", "victim_pgd", "logprob_corr")
 
 
@@ -183,7 +199,12 @@ def main() -> None:
                                  if len(results) > 1 else 0.0, "pooled_auc": pooled[score][group]["auc"],
                                  **({"above_control": pooled[score][group]["above_control"]} if group == "hard" else {})}
                          for group in ("hard", "soft", "copy")} for score in SCORES}
+    victim = [victim_answers_summary(s, overrides) for s in args.seeds]
+    for v in victim:
+        print(f"victim of seed {v['seed']} on the thief's {v['attacker_images']} images: true label {v['agrees_with_true_label']:.3f}, "
+              f"top probability > 0.99 on {v['top_prob_above_0.99']:.3f}, mean mass off the top {v['mean_mass_off_top']:.4f}")
     path = save_json({"seeds": args.seeds, "overrides": overrides, "min_acc": MIN_ACC, "students": STUDENTS, "copies": COPIES,
+                      "victim": victim,
                       "pgd": {"radius": PGD_RADIUS, "steps": PGD_STEPS, "images": PGD_IMAGES}, "aggregate": aggregate,
                       "per_seed": results}, ROOT / "benchmarks" / "results" / f"{name}.json")
     print(path)
