@@ -23,7 +23,6 @@ of the copies against the controls, and how often a student scores above its own
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from sklearn.metrics import roc_auc_score
 
-from compose import ROOT, compose_config
+from compose import ROOT, compose_config, seed_results
 from fingermarks.evaluation.roc import evidence_score
 from fingermarks.evidence.piracy import attacker_pool, expand, owner_pool, piracy_population
 from fingermarks.files import save_json
@@ -183,16 +182,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     torch.set_num_threads(1)
     name = "extraction_control" + (f"_{args.tag}" if args.tag else "")
-    results = []
-    for s in args.seeds:  # each seed's result is written as soon as it is measured
-        per_seed = ROOT / "benchmarks" / "results" / f"{name}_seed{s}.json"
-        if args.reuse and per_seed.is_file():
-            results.append(json.loads(per_seed.read_text()))
-            if results[-1].get("overrides") != overrides:
-                raise SystemExit(f"{per_seed} was measured with other settings; run without --reuse")
-            continue
-        results.append(one_seed(s, overrides) | {"overrides": overrides})
-        save_json(results[-1], per_seed)
+    results = seed_results(name, args.seeds, lambda s: one_seed(s, overrides), {"overrides": overrides}, args.reuse)
     pooled = separation([dict(r, seed=(res["seed"], r["seed"])) for res in results for r in res["rows"]])
     aggregate = {score: {group: {"auc_mean": float(np.mean([res["separation"][score][group]["auc"] for res in results])),
                                  "auc_sd": float(np.std([res["separation"][score][group]["auc"] for res in results], ddof=1))

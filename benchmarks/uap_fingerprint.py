@@ -16,7 +16,6 @@ Writes benchmarks/results/uap[_<tag>].json (per seed and aggregated: AUC and TPR
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 import tempfile
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from compose import ROOT, compose_config
+from compose import ROOT, compose_config, seed_results
 from fingermarks.evaluation.roc import evidence_score, plot_rocs, separation
 from fingermarks.evidence.piracy import attacker_pool, piracy_population
 from fingermarks.evidence.pool import train_population
@@ -158,17 +157,8 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     torch.set_num_threads(1)
     name = "uap" + (f"_{args.tag}" if args.tag else "")
-    results = []
-    for s in args.seeds:  # each seed's result is written as soon as it is measured
-        per_seed = ROOT / "benchmarks" / "results" / f"{name}_seed{s}.json"
-        if args.reuse and per_seed.is_file():
-            result = json.loads(per_seed.read_text())
-            if result.get("overrides") != overrides or result.get("heldout_seed") != args.heldout_seed:
-                raise SystemExit(f"{per_seed} was measured with other settings; run without --reuse")
-        else:
-            result = one_seed(s, overrides, args.heldout_seed) | {"overrides": overrides, "heldout_seed": args.heldout_seed}
-            save_json(result, per_seed)
-        results.append(result)
+    results = seed_results(name, args.seeds, lambda s: one_seed(s, overrides, args.heldout_seed),
+                           {"overrides": overrides, "heldout_seed": args.heldout_seed}, args.reuse)
     summary = {"seeds": args.seeds, "overrides": overrides, "heldout_seed": args.heldout_seed, "min_acc": MIN_ACC,
                "eval_piracy": {"students": STUDENTS, "copies": COPIES}, "aggregate": aggregate(results), "per_seed": results}
     path = save_json(summary, ROOT / "benchmarks" / "results" / f"{name}.json")
