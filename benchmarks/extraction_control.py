@@ -107,10 +107,10 @@ def one_seed(seed: int, overrides: list[str]) -> dict:
     specs = expand({"students": STUDENTS, "copies": COPIES})
     piracy = piracy_population(host, specs, dm, x, y, EVAL_SEED, seed, ctx.cache_dir, role="eval_piracy")
     # each hard-label student's control: its spec with the thief's own labels, under the student's seed
-    paired = [(r, dict(s, labels="truth", seed=EVAL_SEED + 100 * seed + r)) for r, s in enumerate(specs)
+    paired = [dict(s, labels="truth", seed=EVAL_SEED + 100 * seed + r) for r, s in enumerate(specs)
               if s["kind"] == "distill" and s["labels"] == "hard"]
     t = time.perf_counter()
-    controls = piracy_population(host, [c for _, c in paired], dm, x, y, EVAL_SEED, seed, ctx.cache_dir, role="control")
+    controls = piracy_population(host, paired, dm, x, y, EVAL_SEED, seed, ctx.cache_dir, role="control")
     control_seconds = time.perf_counter() - t
     sets = probes(host, dm)
     rows = []
