@@ -23,10 +23,7 @@ of the copies against the controls, and how often a student scores above its own
 from __future__ import annotations
 
 import argparse
-import math
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,29 +31,28 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from sklearn.metrics import roc_auc_score
 
-from compose import ROOT, compose_config, seed_results
+from compose import ROOT, seed_results
 from fingermarks.evaluation.roc import evidence_score
 from fingermarks.evidence.piracy import attacker_pool, expand, owner_pool, piracy_population
 from fingermarks.files import save_json
-from fingermarks.pipeline import make_context
+from fingermarks.methods.uap import LOG_FLOOR
+from fingermarks.metrics import predict_labels, predict_probabilities
 from fingermarks.secret import KeySecret
-from uap_fingerprint import COPIES, EVAL_SEED, MIN_ACC, STUDENTS, verify_both
+from uap_fingerprint import COPIES, EVAL_SEED, MIN_ACC, STUDENTS, uap_run, verify_both
 
 PGD_RADIUS = 2.0
 PGD_STEPS = 20
 PGD_IMAGES = 1000
 
 
-@torch.no_grad()
-def predict(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def log_probabilities(model, x: torch.Tensor) -> torch.Tensor:
     """(N, m) log-probabilities, clipped at log 1e-6 (as the UAP outputs mode reads them)."""
-    model.eval()
-    return torch.cat([F.log_softmax(model(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)]).clamp_min(math.log(1e-6))
+    return predict_probabilities(model, x).clamp_min(LOG_FLOOR).log()
 
 
 def pgd_l2(model, x: torch.Tensor, radius: float, steps: int) -> torch.Tensor:
     """Untargeted L2 PGD on the victim's own labels (inputs clipped to [0, 1])."""
-    y = predict(model, x).argmax(1)
+    y = predict_labels(model, x)
     d = torch.zeros_like(x, requires_grad=True)
     for _ in range(steps):
         g, = torch.autograd.grad(F.cross_entropy(model((x + d).clamp(0, 1)), y), d)
@@ -72,34 +68,30 @@ def probes(host, dm) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     xo, yo = dm.train_eval_set.tensors(owner_pool(dm))
     xt, yt = dm.test_set.tensors()
     x_all, y_all = torch.cat([xo, xt]), torch.cat([yo, yt])
-    v_all = predict(host, x_all).argmax(1)
+    v_all = predict_labels(host, x_all)
     wrong = v_all != y_all
     x_adv = pgd_l2(host, xo[:PGD_IMAGES], PGD_RADIUS, PGD_STEPS)
-    v_adv = predict(host, x_adv).argmax(1)
+    v_adv = predict_labels(host, x_adv)
     fooled = v_adv != v_all[:PGD_IMAGES]
     return {"victim_errors": (x_all[wrong], v_all[wrong]), "victim_pgd": (x_adv[fooled], v_adv[fooled]),
-            "logprob_corr": (xo, predict(host, xo))}
+            "logprob_corr": (xo, log_probabilities(host, xo))}
 
 
 def probe_scores(model, sets) -> dict[str, float]:
     out = {}
     for name, (x, ref) in sets.items():
         if name == "logprob_corr":
-            a, b = predict(model, x), ref
+            a, b = log_probabilities(model, x), ref
             a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
             out[name] = float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).mean())
         else:
-            out[name] = float((predict(model, x).argmax(1) == ref).float().mean())
+            out[name] = float((predict_labels(model, x) == ref).float().mean())
     return out
 
 
 def one_seed(seed: int, overrides: list[str]) -> dict:
-    out = Path(tempfile.mkdtemp(prefix=f"control-{seed}-"))
-    cfg = compose_config(["method=uap", "trainer.enable_progress_bar=false", f"seed={seed}", f"cache_dir={ROOT / '.cache'}",
-                          "method.population_seed=0", *overrides], out)
-    ctx = make_context(cfg, out)
+    cfg, ctx, host, host_info, _ = uap_run(seed, overrides, "control")
     dm = ctx.datamodule
-    host, host_info = ctx.train_classifier(cfg.model, seed, "host")
     t = time.perf_counter()
     key = instantiate(cfg.method).keygen(host, ctx, [], seed, secret=KeySecret.from_text(f"bench-uap-{seed}"))
     keygen_seconds = time.perf_counter() - t
@@ -135,13 +127,9 @@ def one_seed(seed: int, overrides: list[str]) -> dict:
 def victim_answers_summary(seed: int, overrides: list[str]) -> dict:
     """How much a student can learn from the victim beyond the labels: its accuracy on the thief's
     images and how confident its answers are there (the victim's host is cached)."""
-    out = Path(tempfile.mkdtemp(prefix=f"control-victim-{seed}-"))
-    cfg = compose_config(["method=uap", "trainer.enable_progress_bar=false", f"seed={seed}", f"cache_dir={ROOT / '.cache'}",
-                          *overrides], out)
-    ctx = make_context(cfg, out)
-    host, info = ctx.train_classifier(cfg.model, seed, "host")
+    _, ctx, host, info, _ = uap_run(seed, overrides, "control-victim")
     x, y, _ = attacker_pool(ctx.datamodule)
-    p = predict(host, x).exp()
+    p = predict_probabilities(host, x)
     top = p.max(1).values
     return {"seed": seed, "test_acc": info["clean_acc"], "attacker_images": len(x),
             "agrees_with_true_label": float((p.argmax(1) == y).float().mean()),

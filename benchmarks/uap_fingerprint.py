@@ -74,15 +74,21 @@ def verify_both(key, model, name: str) -> dict:
             "n_queries": out.n_queries}
 
 
-def one_seed(seed: int, overrides: list[str], heldout_seed: int | None) -> dict:
-    out = Path(tempfile.mkdtemp(prefix=f"uap-{seed}-"))
+def uap_run(seed: int, overrides: list[str], prefix: str = "uap"):
+    """A seed's config (method=uap, one population for every seed), run context, host (cached after its
+    first training), the host's report and the seconds it took to train or load."""
+    out = Path(tempfile.mkdtemp(prefix=f"{prefix}-{seed}-"))
     cfg = compose_config(["method=uap", "trainer.enable_progress_bar=false", f"seed={seed}", f"cache_dir={ROOT / '.cache'}",
                           "method.population_seed=0", *overrides], out)
     ctx = make_context(cfg, out)
-    dm = ctx.datamodule
     t = time.perf_counter()
     host, host_info = ctx.train_classifier(cfg.model, seed, "host")
-    host_seconds = time.perf_counter() - t
+    return cfg, ctx, host, host_info, time.perf_counter() - t
+
+
+def one_seed(seed: int, overrides: list[str], heldout_seed: int | None) -> dict:
+    cfg, ctx, host, host_info, host_seconds = uap_run(seed, overrides)
+    dm = ctx.datamodule
     method = instantiate(cfg.method)
     t = time.perf_counter()
     key = method.keygen(host, ctx, [], seed, secret=KeySecret.from_text(f"bench-uap-{seed}"))

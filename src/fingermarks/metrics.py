@@ -1,8 +1,9 @@
-"""Plain evaluation helpers shared by every stage: top-1 labels and accuracy, no Trainer."""
+"""Plain evaluation helpers shared by every stage: top-1 labels, probabilities and accuracy, no Trainer."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
@@ -17,6 +18,13 @@ def predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> 
     out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(N, m) softmax probabilities of `model` on a batch of images, in float32; the model is left in eval mode."""
+    model.eval()
+    return torch.cat([F.softmax(model(x[i : i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from torch import nn
 
 from fingermarks.cache import cache_path
 from fingermarks.data.base import stratified_split
-from fingermarks.metrics import accuracy
+from fingermarks.metrics import accuracy, predict_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,6 @@ def labelled_queries(pool: torch.Tensor, labels: torch.Tensor | None, budget: in
     return x, None if labels is None else torch.cat([labels[order], labels[picks]])
 
 
-@torch.no_grad()
-def victim_answers(victim: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    victim.eval()
-    return torch.cat([F.softmax(victim(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)])
-
-
 def build(model_cfg, datamodule) -> nn.Module:
     from fingermarks.training.fit import build_classifier
 
@@ -165,7 +159,7 @@ def distill(victim: nn.Module, student_cfg, datamodule, pool: torch.Tensor, budg
     if labels == "truth":
         target = truth
     else:
-        probs = victim_answers(victim, x)
+        probs = predict_probabilities(victim, x)
         target = probs if labels == "soft" else probs.argmax(1)
     fresh = student_cfg if isinstance(student_cfg, nn.Module) else build(student_cfg, datamodule)
     student = _train(fresh, x, target, labels == "soft", steps, lr, batch_size, g)

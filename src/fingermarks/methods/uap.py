@@ -68,7 +68,7 @@ from fingermarks.evidence.report import Report
 from fingermarks.evidence.rules import DecisionRule, register_rule
 from fingermarks.key import Key, check_host
 from fingermarks.methods.base import WatermarkMethod, frozen
-from fingermarks.metrics import accuracy
+from fingermarks.metrics import accuracy, predict_probabilities
 from fingermarks.secret import KeySecret
 
 log = logging.getLogger(__name__)
@@ -183,12 +183,6 @@ def universal_perturbation(model: nn.Module, x: torch.Tensor, x_val: torch.Tenso
 
 
 # -- points and fingerprints --------------------------------------------------------------------
-@torch.no_grad()
-def probabilities(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    model.eval()
-    return torch.cat([F.softmax(model(x[i:i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)])
-
-
 def as_probabilities(answers: torch.Tensor, num_classes: int) -> torch.Tensor:
     """A suspect's answers as (N, m) rows: probabilities kept, logits softmaxed, labels one-hot."""
     if answers.dim() == 1 or not answers.is_floating_point():
@@ -205,7 +199,7 @@ def select_points(host: nn.Module, x: torch.Tensor, clusters: int, pool: int, se
     `pool` images nearest its centroid, nearest first (fewer are repeated cyclically)."""
     from sklearn.cluster import KMeans
 
-    p = probabilities(host, x)
+    p = predict_probabilities(host, x)
     label = p.argmax(1)
     classes, counts = torch.unique(label, return_counts=True)
     if clusters < len(classes):
@@ -460,7 +454,7 @@ class UAPFingerprint(WatermarkMethod):
         models, classes, pop_report = self.owner_models(host, ctx, seed)
         timing["owner_models"] = time.perf_counter() - t0
         flat = pool_q.reshape(-1, *pool_x.shape[2:])
-        answers = [probabilities(m, flat).view(K, P, 1 + len(uaps), -1) for m in models]
+        answers = [predict_probabilities(m, flat).view(K, P, 1 + len(uaps), -1) for m in models]
         e = self.encoder
         hidden = [int(h) for h in e.hidden]
         encoders, enc_reports = {}, {}
@@ -475,13 +469,13 @@ class UAPFingerprint(WatermarkMethod):
 
         # calibration on the owner's null pool (never seen by the encoders)
         t0 = time.perf_counter()
-        reference = probabilities(host, triggers)
+        reference = predict_probabilities(host, triggers)
         nulls = null_pool(ctx, self.decision.null_pool, self.pop_seed(seed))
         timing["null_models"] = time.perf_counter() - t0
         alpha = float(self.decision.alpha)
         modes: dict[str, Any] = {}
         for mode in MODES:
-            null_scores = [score(encoders[mode], probabilities(m, triggers), reference, layout, mode, kind)[0] for m in nulls]
+            null_scores = [score(encoders[mode], predict_probabilities(m, triggers), reference, layout, mode, kind)[0] for m in nulls]
             train_scores = [score(encoders[mode], a[torch.arange(K).view(1, -1), pick].reshape(-1, a.shape[-1]), reference,
                                   layout, mode, kind)[0] for a in answers]
             mean, sd, threshold = t_bound(null_scores, alpha)
