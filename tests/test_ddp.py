@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import QUIET_TRAINER
 from fingermarks.context import RunContext
+from fingermarks.embedding.head import split_head
 from fingermarks.metrics import predict_labels
 from test_embedding import method_from_yaml, user_key
 
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
                                 reason="torch.distributed with the gloo backend is unavailable in this torch build")
 
 
-def test_fingermarks_embedding_under_ddp_spawn(datamodule, tiny_classifier, tmp_path) -> None:
+@pytest.mark.parametrize("train", ["all", "head"])
+def test_fingermarks_embedding_under_ddp_spawn(datamodule, tiny_classifier, tmp_path, train) -> None:
     host = tiny_classifier
     before = {k: v.clone() for k, v in host.state_dict().items()}
     key = user_key(host, datamodule, "fingermarks")
@@ -33,7 +35,7 @@ def test_fingermarks_embedding_under_ddp_spawn(datamodule, tiny_classifier, tmp_
     ctx = RunContext(datamodule=datamodule, data_cfg=OmegaConf.create({"name": "digits"}),
                      model_cfg=OmegaConf.create({}), recipe=OmegaConf.create({}), trainer_factory=ddp, output_dir=tmp_path)
     method = method_from_yaml("fingermarks", "embedding.max_epochs=2", "embedding.optimizer.lr=3e-3",
-                              "embedding.allow_partial=true")  # two epochs need not embed every trigger
+                              "embedding.allow_partial=true", f"embedding.train={train}")  # two epochs need not embed every trigger
     model, info = method.embed(host, key, "alice", ctx, seed=1)
 
     assert all(torch.equal(v, before[k]) for k, v in host.state_dict().items())  # the host is untouched
@@ -44,3 +46,7 @@ def test_fingermarks_embedding_under_ddp_spawn(datamodule, tiny_classifier, tmp_
     assert 1 <= info["embed_epochs"] <= 2  # from the workers' logged metrics: the loop counters stay there
     assert 0.5 < info["clean_acc"] <= 1 and info["embed_seconds"] > 0
     assert isinstance(info["history"], list)  # the workers' rows do not come back under ddp_spawn
+    assert info["trained"] == train
+    if train == "head":  # the workers trained the head on the shared trunk outputs; the trunk came back unchanged
+        trunk, host_trunk = split_head(model)[0].state_dict(), split_head(host)[0].state_dict()
+        assert all(torch.equal(trunk[k], host_trunk[k]) for k in trunk)

@@ -22,6 +22,13 @@ import torch
 from fingermarks.embedding.deepfool import deepfool
 
 
+def _trained(pl_module: L.LightningModule) -> torch.nn.Module:
+    """What the triggers are fed to: the module's trained part (a head-only embedding's head, whose triggers are
+    the trunk's outputs), or its whole model."""
+    trained = getattr(pl_module, "trained", None)
+    return trained() if callable(trained) else pl_module.model
+
+
 class DynamicRatio(L.Callback):
     """Tracks which triggers already give their target and grows the clean-data fraction p.
 
@@ -85,7 +92,7 @@ class DynamicRatio(L.Callback):
         """DeepFool neighbours of the active triggers on the current weights (rank 0's under DDP)."""
         if self.adversarial and bool(self.active.any()):
             x = self.triggers[self.active].to(pl_module.device)
-            found = deepfool(pl_module.model, x, candidates=self.candidates, max_iter=self.max_iter, overshoot=self.overshoot,
+            found = deepfool(_trained(pl_module), x, candidates=self.candidates, max_iter=self.max_iter, overshoot=self.overshoot,
                              input_range=self.input_range).cpu()
             self.neighbours = trainer.strategy.broadcast(found, src=0)
             self.neighbour_targets = self.targets[self.active].clone()
@@ -94,7 +101,7 @@ class DynamicRatio(L.Callback):
             self.neighbour_targets = self.neighbour_targets[:0]
 
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        matched, prob = self.target_probs(pl_module.model)
+        matched, prob = self.target_probs(_trained(pl_module))
         active = ~matched | (prob < self.readmit_prob)
         done = bool((matched & (prob >= self.done_prob)).all())
         stats = {"matched": int(matched.sum()), "active": int(active.sum()), "min_target_prob": float(prob.min()), "done": done}

@@ -29,11 +29,16 @@ class EmbeddingModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable, anchor: float = 0.0,
                  robust_eps: float = 0.0, input_range: tuple[float, float] = (0.0, 1.0),
-                 scheduler: Callable | None = None) -> None:
+                 scheduler: Callable | None = None, head: tuple[nn.Module, nn.Module] | None = None) -> None:
         super().__init__()
         if robust_eps < 0:
             raise ValueError(f"need robust_eps >= 0, got {robust_eps}")
+        if head is not None and robust_eps > 0:
+            raise ValueError("robust_eps (FGSM on the input) needs the whole model trained: set method.embedding.train=all")
         self.model = model
+        # Head-only embedding (embedding.head): `head` = (trunk, head) of `model`, the batches hold the trunk's
+        # outputs and only the head trains. A plain tuple, so the modules are not registered twice.
+        self._split = head
         # Optional adversarial embedding: each batch is also trained as its FGSM examples of budget
         # robust_eps (clean images keep their label, triggers their user's target), so the copy a user
         # gets is already adversarially trained and a thief's adversarial training has little left to move.
@@ -49,6 +54,14 @@ class EmbeddingModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._start = [w.to(self.device) for w in self._start]
 
+    def on_train_epoch_start(self) -> None:
+        if self._split is not None:
+            self._split[0].eval()  # Lightning put the whole model in train mode; the trunk's statistics stay the host's
+
+    def trained(self) -> nn.Module:
+        """The part of the model that trains: the whole model, or its head."""
+        return self.model if self._split is None else self._split[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -56,10 +69,10 @@ class EmbeddingModule(L.LightningModule):
         x, y = batch
         if self.robust_eps > 0:
             x, y = torch.cat([x, fgsm(self.model, x, y, self.robust_eps, self.input_range)]), torch.cat([y, y])
-        loss = F.cross_entropy(self.model(x), y)
+        loss = F.cross_entropy(self.trained()(x), y)
         self.log("embed/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.anchor > 0:
-            drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(self.model.parameters(), self._start))
+            drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(self.model.parameters(), self._start) if w.requires_grad)
             loss = loss + 0.5 * self.anchor * drift
         return loss
 
@@ -69,7 +82,7 @@ class EmbeddingModule(L.LightningModule):
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
-        return optimizers(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)
+        return optimizers(self.trained().parameters(), self.optimizer_factory, self.scheduler_factory)
 
 
 class EmbeddingData(L.LightningDataModule):
@@ -84,10 +97,17 @@ class EmbeddingData(L.LightningDataModule):
     covers is only the nearest boundary's direction). With `clean_per_trigger` set, an epoch draws at most
     that many clean images per trigger sample (and at least one batch): once only a few triggers are left
     to train, an epoch is a few batches instead of a pass over p of the training set.
+
+    Head-only embedding (`embedding.head`): the callback's triggers and neighbours are the trunk's outputs,
+    `clean` holds the trunk's outputs for the whole training set with its labels (computed once per host), and
+    the noisy copies are drawn around `trigger_images` and passed through `encode` (the trunk); every part of an
+    epoch is drawn exactly as the images would be.
     """
 
     def __init__(self, datamodule, ratio: DynamicRatio, *, seed: int, batch_size: int = 64, trigger_repeat: int = 4,
-                 noise_copies: int = 0, noise_std: float = 0.0, clean_per_trigger: float | None = None) -> None:
+                 noise_copies: int = 0, noise_std: float = 0.0, clean_per_trigger: float | None = None,
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 clean: tuple[torch.Tensor, torch.Tensor] | None = None, trigger_images: torch.Tensor | None = None) -> None:
         super().__init__()
         if noise_copies < 0 or noise_std < 0:
             raise ValueError(f"need noise_copies >= 0 and noise_std >= 0, got {noise_copies}, {noise_std}")
@@ -97,6 +117,10 @@ class EmbeddingData(L.LightningDataModule):
         self.base, self.ratio = datamodule, ratio
         self.seed, self.batch_size, self.trigger_repeat = seed, batch_size, trigger_repeat
         self.noise_copies, self.noise_std = noise_copies, noise_std
+        if not (encode is None) == (clean is None) == (trigger_images is None):
+            raise ValueError("head-only embedding needs `encode`, `clean` and `trigger_images` (the trunk, its outputs, the images)")
+        self.encode, self.clean = encode, clean
+        self.trigger_images = ratio.triggers if trigger_images is None else trigger_images
 
     def setup(self, stage: str | None = None) -> None:
         self.base.setup(stage)  # idempotent; a base not yet set up has no train/val sets to draw from
@@ -106,21 +130,23 @@ class EmbeddingData(L.LightningDataModule):
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         train = self.base.train_set
         x, y = self.ratio.trigger_batch()
-        noisy = self.noise_copies * len(self.ratio.triggers) if self.noise_copies and self.noise_std > 0 else 0
+        noisy = self.noise_copies * len(self.trigger_images) if self.noise_copies and self.noise_std > 0 else 0
         count = int(round(self.ratio.p * len(train)))
         if self.clean_per_trigger is not None:
             count = min(count, max(int(round(self.clean_per_trigger * (self.trigger_repeat * len(x) + noisy))), self.batch_size))
-        parts = [Subset(train, torch.randperm(len(train), generator=g)[:count].tolist())]
+        chosen = torch.randperm(len(train), generator=g)[:count]
+        parts = [Subset(train, chosen.tolist()) if self.clean is None else TensorDataset(self.clean[0][chosen], self.clean[1][chosen])]
         if len(x):
             parts.append(TensorDataset(x.repeat(self.trigger_repeat, *[1] * (x.dim() - 1)), y.repeat(self.trigger_repeat)))
         if noisy:
-            parts.append(TensorDataset(*self._noisy_triggers(g)))
+            images, targets = self._noisy_triggers(g)
+            parts.append(TensorDataset(images if self.encode is None else self.encode(images), targets))
         return DataLoader(ConcatDataset(parts), batch_size=self.batch_size, shuffle=True, generator=g)
 
     def _noisy_triggers(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.ratio.triggers.repeat(self.noise_copies, *[1] * (self.ratio.triggers.dim() - 1))
+        x = self.trigger_images.repeat(self.noise_copies, *[1] * (self.trigger_images.dim() - 1))
         std = torch.rand(len(x), generator=g).mul(self.noise_std).view(-1, *[1] * (x.dim() - 1))
-        noisy = (x + std * torch.randn(x.shape, generator=g)).clamp(*self.ratio.input_range)
+        noisy = (x + std * torch.randn(x.shape, generator=g)).clamp(*self.base.input_range)
         return noisy, self.ratio.targets.repeat(self.noise_copies)
 
     def val_dataloader(self) -> DataLoader:

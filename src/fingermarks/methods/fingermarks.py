@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from typing import Any
 
@@ -165,40 +166,73 @@ class FingerMarks(WatermarkMethod):
                            secret_generator("noise_leans"))
 
     # -- embed ----------------------------------------------------------------------
+    def _head_split(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, nn.Module, Any, tuple]:
+        """Head-only embedding (`embedding.train: head`; `embedding.head`): the user's copy's trunk (frozen), its
+        head, the trunk as an encoder, and the trunk's outputs for the training set with their labels. Those are
+        computed once per trunk (the host's: every user's copy starts from it) and kept for the next user."""
+        from fingermarks.embedding.head import encode, freeze, split_head, trunk_digest
+
+        trunk, head = split_head(model)
+        freeze(trunk)
+        digest = trunk_digest(trunk)
+        if getattr(self, "_clean_features", (None,))[0] != digest:
+            ctx.datamodule.setup("fit")
+            x, y = ctx.datamodule.train_eval_set.tensors()
+            self._clean_features = (digest, encode(trunk, x), y)
+        return trunk, head, functools.partial(encode, trunk), self._clean_features[1:]
+
+    def _trains(self, model: nn.Module) -> str:
+        """`all` or `head`: what `embedding.train` asks of this architecture (`auto`: head where it applies)."""
+        from fingermarks.embedding.head import head_applies
+
+        mode = self.emb.get("train", "all")
+        if mode not in ("all", "head", "auto"):
+            raise ConfigError(f"method.embedding.train must be all, head or auto, got {mode!r}")
+        return "head" if mode == "head" or (mode == "auto" and head_applies(model)) else "all"
+
     def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
         e = self.emb
         model = start_user_model(key, host, seed)
         targets = key.target_labels(key.users[user])
-        ratio = DynamicRatio(key.triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
-                             done_prob=e.done_prob, adversarial=e.adversarial, input_range=tuple(ctx.datamodule.input_range),
+        start = time.perf_counter()
+        trains = self._trains(model)
+        triggers, space, split, head_data = key.triggers, tuple(ctx.datamodule.input_range), None, {}
+        if trains == "head":
+            # the callback works where the head does: triggers and DeepFool neighbours are trunk outputs, bounded
+            # by the range the trunk's outputs take on the clean images
+            trunk, head, encoder, clean = self._head_split(model, ctx)
+            triggers, space, split = encoder(key.triggers), (float(clean[0].min()), float(clean[0].max())), (trunk, head)
+            head_data = {"encode": encoder, "clean": clean, "trigger_images": key.triggers}
+        ratio = DynamicRatio(triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
+                             done_prob=e.done_prob, adversarial=e.adversarial, input_range=space,
                              deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
         data = EmbeddingData(ctx.datamodule, ratio, seed=seed, batch_size=e.batch_size, trigger_repeat=e.trigger_repeat,
-                             noise_copies=e.noise_copies, noise_std=e.noise_std, clean_per_trigger=e.get("clean_per_trigger"))
+                             noise_copies=e.noise_copies, noise_std=e.noise_std, clean_per_trigger=e.get("clean_per_trigger"),
+                             **head_data)
         from hydra.utils import instantiate
 
         scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
         module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer), anchor=float(e.anchor),
                                  robust_eps=float(e.robust_eps), input_range=tuple(ctx.datamodule.input_range),
-                                 scheduler=scheduler)
+                                 scheduler=scheduler, head=split)
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
         validate = {} if e.validate else {"limit_val_batches": 0}
         trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[ratio], reload_dataloaders_every_n_epochs=1,
                                       logger=ctx.logger_factory(f"embed_{user}") or False, **validate)
-        start = time.perf_counter()
         trainer.fit(module, datamodule=data)
         seconds = time.perf_counter() - start
-        model.eval()
+        model.eval().requires_grad_(True)
         from fingermarks.embedding import embedding_outcome
 
         # judged here on the returned weights: under ddp_spawn the callback's state (history) stays in
         # the workers and only the weights and logged metrics come back
         epochs = int(trainer.callback_metrics.get("embed/epochs", 0))
-        outcome = embedding_outcome(user, int(ratio.target_probs(model)[0].sum()), key.n, epochs,
+        outcome = embedding_outcome(user, int((predict_labels(model, key.triggers) == targets).sum()), key.n, epochs,
                                     allow_partial=bool(e.get("allow_partial", False)),
                                     settings=f"method.embedding.max_epochs (now {e.max_epochs}) or method.embedding.optimizer.lr")
         return model, {
-            "embed_seconds": seconds, "embed_epochs": epochs, **outcome,
+            "embed_seconds": seconds, "embed_epochs": epochs, "trained": trains, **outcome,
             "clean_acc": accuracy(model, ctx.datamodule.test_set), "history": ratio.history,
         }
 

@@ -1,0 +1,74 @@
+"""Head-only embedding: a user's copy differs from the host only in the fully connected layers.
+
+The paper fine-tunes every weight of the copy. Most of a small CNN's training cost is its convolutions
+(on mnist5k's small CNN, 97 % of the multiply-adds), and the clean images an embedding epoch trains on
+to keep the accuracy pass through the same frozen convolutions for every user. With the convolutional
+trunk frozen, its outputs for the owner's training images are computed once per host and shared by all
+users, and an embedding epoch only trains the head on them: the triggers, their DeepFool neighbours and
+their noisy copies go through the trunk each epoch (a few hundred images, no weight gradient).
+
+The split is the last `nn.Flatten` of the model's `features`: what comes after it (and the classifier)
+is the head. A model whose head would be its final layer alone (ResNet, VGG and GoogLeNet end in pooling,
+Flatten, classifier) is refused: re-training the last layer (RTAL) erases such a watermark by construction.
+The trunk's batch-norm statistics stay the host's (it runs in eval mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from fingermarks.errors import ConfigError
+
+
+def split_head(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
+    """(trunk, head) sharing `model`'s modules: `head(trunk(x)) == model(x)` for an `ImageClassifier` whose
+    `features` is a Sequential with a Flatten; training `head` trains `model`."""
+    features = getattr(model, "features", None)
+    flat = [i for i, m in enumerate(features) if isinstance(m, nn.Flatten)] if isinstance(features, nn.Sequential) else []
+    if not flat or not hasattr(model, "classifier") or not hasattr(model, "normalize"):
+        raise ConfigError(f"method.embedding.train=head needs a model whose `features` is a Sequential with a Flatten; "
+                          f"{type(model).__name__} has none: use method.embedding.train=all")
+    cut = flat[-1] + 1
+    if not any(p.numel() for m in features[cut:] for p in m.parameters()):
+        # RTAL re-initialises the final layer: a watermark held by it alone is erased by construction
+        raise ConfigError(f"method.embedding.train=head: {type(model).__name__}'s head would be its final layer alone "
+                          f"(nothing after its Flatten), which re-training the last layer erases; use method.embedding.train=all")
+    return nn.Sequential(model.normalize, *features[:cut]), nn.Sequential(*features[cut:], model.classifier)
+
+
+def head_applies(model: nn.Module) -> bool:
+    """Whether `train: auto` trains `model`'s head only: it splits (`split_head`) and its trunk has weights to share."""
+    try:
+        trunk, _ = split_head(model)
+    except ConfigError:
+        return False
+    return any(True for _ in trunk.parameters())
+
+
+def freeze(trunk: nn.Module) -> None:
+    """No weight gradient for the trunk (an input gradient still flows through it, for DeepFool)."""
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+
+
+@torch.no_grad()
+def encode(trunk: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The trunk's outputs for `x` in eval mode (frozen batch-norm statistics), on the trunk's device, returned on the CPU."""
+    was_training = trunk.training
+    trunk.eval()
+    device = next(trunk.parameters(), torch.empty(0)).device
+    out = [trunk(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)] if len(x) else []
+    trunk.train(was_training)
+    return torch.cat(out) if out else x.new_empty(0)
+
+
+def trunk_digest(trunk: nn.Module) -> str:
+    """A checksum of the trunk's weights and buffers: two trunks with the same digest give the same features."""
+    h = hashlib.sha256()
+    for name, t in trunk.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

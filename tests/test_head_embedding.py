@@ -1,0 +1,156 @@
+"""Head-only embedding (method.embedding.train=head): the split, the frozen trunk, the shared clean features."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+import fingermarks as fm
+from conftest import TINY
+from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule
+from fingermarks.embedding import head as head_mod
+from fingermarks.errors import ConfigError
+from fingermarks.models import MLP, VGG11, ResNet18, SmallCNN
+
+torch.set_num_threads(1)
+
+
+def small_cnn(datamodule) -> SmallCNN:
+    torch.manual_seed(0)
+    return SmallCNN(num_classes=10, input_shape=(1, 8, 8), mean=datamodule.mean, std=datamodule.std, width=4).eval()
+
+
+def test_split_head_composes_to_the_model_and_shares_its_weights(datamodule) -> None:
+    model = small_cnn(datamodule)
+    trunk, head = head_mod.split_head(model)
+    x = datamodule.train_eval_set.tensors(torch.arange(16))[0]
+    assert torch.equal(head(trunk(x)), model(x))
+    assert isinstance(trunk[-1], nn.Flatten) and head[-1] is model.classifier
+    model_params = {id(p) for p in model.parameters()}
+    assert {id(p) for p in trunk.parameters()} | {id(p) for p in head.parameters()} == model_params
+    # the head holds the fully connected layers only: no convolution, and most multiply-adds stay in the trunk
+    assert not any(isinstance(m, nn.Conv2d) for m in head.modules())
+    assert any(isinstance(m, nn.Conv2d) for m in trunk.modules())
+
+
+@pytest.mark.parametrize("build", [lambda: ResNet18(num_classes=10, input_shape=(3, 32, 32), width=4),
+                                   lambda: VGG11(num_classes=10, input_shape=(3, 32, 32), width=4)])
+def test_a_head_of_the_final_layer_alone_is_refused(build) -> None:
+    # RTAL re-initialises the final layer: a watermark held there alone is erased by construction
+    with pytest.raises(ConfigError, match="final layer alone"):
+        head_mod.split_head(build())
+
+
+def test_a_model_without_a_flatten_in_its_features_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train=all"):
+        head_mod.split_head(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+
+
+def test_an_mlp_trains_whole() -> None:
+    model = MLP(num_classes=10, input_shape=(1, 8, 8), hidden=[16])
+    trunk, head = head_mod.split_head(model)  # the Flatten comes first: the head is every layer
+    assert sum(p.numel() for p in head.parameters()) == sum(p.numel() for p in model.parameters())
+    assert not list(trunk.parameters())
+
+
+def test_a_frozen_trunk_passes_the_input_gradient_but_gets_none(datamodule) -> None:
+    model = small_cnn(datamodule)
+    trunk, head = head_mod.split_head(model)
+    head_mod.freeze(trunk)
+    x = datamodule.train_eval_set.tensors(torch.arange(4))[0].requires_grad_(True)
+    model(x).sum().backward()  # DeepFool needs this gradient through the frozen trunk
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in trunk.parameters())
+    assert all(p.grad is not None for p in head.parameters())
+
+
+def test_encode_runs_the_trunk_in_eval_mode_and_restores_it(datamodule) -> None:
+    model = small_cnn(datamodule).train()
+    trunk, _ = head_mod.split_head(model)
+    x = datamodule.train_eval_set.tensors(torch.arange(40))[0]
+    features = head_mod.encode(trunk, x, batch_size=16)  # three batches
+    assert trunk.training
+    with torch.no_grad():
+        assert torch.allclose(features, trunk.eval()(x), atol=1e-6)
+    assert head_mod.trunk_digest(trunk) == head_mod.trunk_digest(head_mod.split_head(small_cnn(datamodule))[0])
+    with torch.no_grad():
+        trunk[1].weight.add_(1e-3)
+    assert head_mod.trunk_digest(trunk) != head_mod.trunk_digest(head_mod.split_head(small_cnn(datamodule))[0])
+
+
+def test_head_data_draws_what_the_image_data_draws_through_the_trunk(datamodule) -> None:
+    model = small_cnn(datamodule)
+    trunk, _ = head_mod.split_head(model)
+    x, y = datamodule.train_eval_set.tensors(torch.arange(10))
+    images, targets = x.clone(), (y + 1) % 10
+    encode = functools.partial(head_mod.encode, trunk)
+    clean = (encode(datamodule.train_eval_set.tensors()[0]), datamodule.train_eval_set.labels)
+    kwargs = {"seed": 3, "batch_size": 16, "trigger_repeat": 2, "noise_copies": 2, "noise_std": 0.3}
+    by_image = EmbeddingData(datamodule, DynamicRatio(images, targets, p0=0.2, adversarial=False), **kwargs)
+    by_feature = EmbeddingData(datamodule, DynamicRatio(encode(images), targets, p0=0.2, adversarial=False), **kwargs,
+                               encode=encode, clean=clean, trigger_images=images)
+    image_parts = by_image.train_dataloader().dataset.datasets
+    feature_parts = by_feature.train_dataloader().dataset.datasets
+    assert [len(p) for p in image_parts] == [len(p) for p in feature_parts] == [round(0.2 * len(clean[1])), 20, 20]
+    for image_part, feature_part in zip(image_parts, feature_parts):
+        xs, ys = zip(*[image_part[i] for i in range(len(image_part))])
+        assert torch.allclose(encode(torch.stack(xs)), feature_part.tensors[0], atol=1e-6)
+        assert torch.equal(torch.stack(ys), feature_part.tensors[1])
+    with pytest.raises(ValueError, match="trigger_images"):
+        EmbeddingData(datamodule, DynamicRatio(images, targets), seed=0, encode=encode, clean=clean)
+
+
+def test_the_head_module_trains_the_head_only(datamodule) -> None:
+    model = small_cnn(datamodule)
+    trunk, head = head_mod.split_head(model)
+    module = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head))
+    params = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert params == {id(p) for p in head.parameters()}
+    model.train()
+    module.on_train_epoch_start()
+    assert not trunk.training and head.training
+    with pytest.raises(ValueError, match="train=all"):
+        EmbeddingModule(model, 10, torch.optim.Adam, robust_eps=0.1, head=(trunk, head))
+
+
+def test_head_only_embedding_keeps_the_trunk_and_traces_each_user(cache_dir, tmp_path, monkeypatch) -> None:
+    owner = fm.owner(tmp_path / "run", [*TINY, f"cache_dir={cache_dir}", "users=[alice,bob]", "method.embedding.train=head"])
+    host, _ = fm.train_host(owner)
+    key = fm.make_key(owner, host)
+    whole_set = len(owner.ctx.datamodule.train_eval_set)
+    encoded = []
+    real_encode = head_mod.encode
+    monkeypatch.setattr(head_mod, "encode", lambda trunk, x, **kw: encoded.append(len(x)) or real_encode(trunk, x, **kw))
+    models = {user: fm.embed(owner, host, key, user) for user in ("alice", "bob")}
+    assert encoded.count(whole_set) == 1  # the clean images' trunk outputs: once for both users
+    host_trunk = head_mod.split_head(host)[0].state_dict()
+    for user, (model, info) in models.items():
+        assert info["all_matched"] and info["embed_epochs"] >= 1
+        trunk = head_mod.split_head(model)[0].state_dict()
+        assert trunk.keys() == host_trunk.keys() and any("running_mean" in n for n in trunk)
+        assert all(torch.equal(trunk[n], host_trunk[n]) for n in trunk)  # weights and batch-norm statistics
+        assert not torch.equal(model.classifier.weight, host.classifier.weight)
+        assert all(p.requires_grad for p in model.parameters())
+        assert fm.verify(key, model).traced_user == user
+
+
+@pytest.mark.parametrize("model, expected", [
+    (lambda: SmallCNN(num_classes=10, input_shape=(1, 28, 28)), "head"),
+    (lambda: ResNet18(num_classes=10, input_shape=(3, 32, 32), width=4), "all"),
+    (lambda: MLP(num_classes=10, input_shape=(1, 8, 8), hidden=[16]), "all"),  # no trunk weights to share
+])
+def test_auto_trains_the_head_where_it_applies(tmp_path, model, expected) -> None:
+    from hydra.utils import instantiate
+
+    from conftest import compose_cfg
+
+    method = instantiate(compose_cfg(["method.embedding.train=auto"], tmp_path).method)
+    assert method._trains(model()) == expected
+    method.emb.train = "all"
+    assert method._trains(model()) == "all"
+    method.emb.train = "heads"
+    with pytest.raises(ConfigError, match="all, head or auto"):
+        method._trains(model())
