@@ -28,6 +28,7 @@ RULE = "balanced"
 #: panel order and titles; attacks not listed follow in the order found
 TITLES = {
     "ftal": "FTAL (WRT: SGD 1e-3)", "rtal": "RTAL (WRT)", "ftll": "FTLL (WRT)", "ftal_adam": "FTAL with Adam 1e-3",
+    "rtal_head": "RTAL of the dense head (SGD)", "rtal_head_adam": "RTAL of the dense head (Adam 1e-3)",
     "prune": "global pruning", "prune_layer": "per-layer pruning", "fine_prune": "fine-pruning",
     "onnx_int8": "onnxruntime int8", "input_noise": "input noise (15 reads)", "evasion": "query evasion (detector FPR)",
     "adv_train": "FGSM adversarial training (eps)", "collude_average": "collusion: weight average",

@@ -12,7 +12,7 @@ from torch import nn
 
 from fingermarks.attacks import (
     ATTACKS, FTAL, FTLL, RTAL, AdvTrain, AdvTrainPGD, AttackModule, CollusionAverage, CollusionFinetune, CollusionVote,
-    Distill, Evasion, FinePrune, InputNoise, OnnxInt8, Prune, Quantize, VoteSuspect, attacker_data, choose_victims,
+    Distill, Evasion, FinePrune, InputNoise, OnnxInt8, Prune, Quantize, RTALHead, VoteSuspect, attacker_data, choose_victims,
 )
 from fingermarks.attacks.adv_train import AccumulatingFGSM
 from fingermarks.perturbations import fgsm, pgd
@@ -127,6 +127,16 @@ def test_rtal_reinitialises_the_last_layer_then_trains_everything(victim, data, 
     assert changed(before, state(out[0])) == {"classifier.weight", "classifier.bias"}  # before any training step
     trained = changed(before, state(out[1]))
     assert "features.0.weight" in trained and "classifier.weight" in trained
+    assert changed(before, state(victim)) == set()
+
+
+def test_rtal_head_reinitialises_every_fully_connected_layer_then_trains_everything(victim, data, ctx):
+    before = state(victim)
+    out = models(RTALHead([0, 1]), victim, data, ctx)
+    head = {"features.14.weight", "features.14.bias", "classifier.weight", "classifier.bias"}  # SmallCNN: Linear after Flatten
+    assert changed(before, state(out[0])) == head  # re-drawn before any step; the convolutions are the victim's
+    trained = changed(before, state(out[1]))
+    assert "features.0.weight" in trained and head <= trained
     assert changed(before, state(victim)) == set()
 
 
@@ -450,7 +460,7 @@ def test_every_attack_config_composes_from_the_base(name, composed):
 
 
 def test_the_swept_attacks_are_registered_and_document_their_default():
-    assert set(SWEPT) <= set(ATTACK_CONFIGS) and len(SWEPT) == 21
+    assert set(SWEPT) <= set(ATTACK_CONFIGS) and len(SWEPT) == 23
     for name in SWEPT:
         assert "Default strength" in (CONF / "attack" / f"{name}.yaml").read_text(), name
         assert any(name == a or name.startswith(a + "_") for a in ATTACKS), name

@@ -154,3 +154,18 @@ def test_auto_trains_the_head_where_it_applies(tmp_path, model, expected) -> Non
     method.emb.train = "heads"
     with pytest.raises(ConfigError, match="all, head or auto"):
         method._trains(model())
+
+
+def test_head_from_moves_the_split_into_the_convolutions() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, input_shape=(1, 28, 28)).eval()
+    trunk, head = head_mod.split_head(model, 10)  # the last convolution and the dense layers train
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(head(trunk(x)), model(x))
+    assert head[0] is model.features[10] and isinstance(head[0], nn.Conv2d)
+    assert trunk(x).shape == (4, 64, 14, 14)
+    for bad in (0, len(model.features) + 1):
+        with pytest.raises(ConfigError, match="head_from"):
+            head_mod.split_head(model, bad)
+    # the head an attacker re-draws (attacks.RTALHead) is always the dense part
+    assert head_mod.head_layers(model)[0] is model.features[15]

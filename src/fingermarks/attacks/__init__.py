@@ -21,10 +21,11 @@ from fingermarks.attacks.onnx_int8 import OnnxInt8
 from fingermarks.attacks.prune import Prune
 from fingermarks.attacks.quantize import Quantize
 from fingermarks.attacks.rtal import RTAL
+from fingermarks.attacks.rtal_head import RTALHead
 
 #: attack classes by their own name (a config preset such as `ftal_adam` instantiates one of these)
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (FTAL, FTLL, RTAL, Prune, FinePrune, AdvTrain, AdvTrainPGD, InputNoise, Quantize, OnnxInt8,
+    cls.name: cls for cls in (FTAL, FTLL, RTAL, RTALHead, Prune, FinePrune, AdvTrain, AdvTrainPGD, InputNoise, Quantize, OnnxInt8,
                               Distill, Extract, CollusionAverage, CollusionVote, CollusionFinetune, Evasion)
 }
 
@@ -51,6 +52,7 @@ __all__ = [
     "Prune",
     "Quantize",
     "RTAL",
+    "RTALHead",
     "VoteSuspect",
     "attacker_data",
     "choose_victims",

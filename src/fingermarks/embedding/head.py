@@ -10,7 +10,8 @@ their noisy copies go through the trunk each epoch (a few hundred images, no wei
 The split is the last `nn.Flatten` of the model's `features`: what comes after it (and the classifier)
 is the head. A model whose head would be its final layer alone (ResNet, VGG and GoogLeNet end in pooling,
 Flatten, classifier) is refused: re-training the last layer (RTAL) erases such a watermark by construction.
-The trunk's batch-norm statistics stay the host's (it runs in eval mode).
+The trunk's batch-norm statistics stay the host's (it runs in eval mode), and the clean images are
+taken without augmentation (their trunk outputs are computed once).
 """
 
 from __future__ import annotations
@@ -23,20 +24,37 @@ from torch import nn
 from fingermarks.errors import ConfigError
 
 
-def split_head(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
-    """(trunk, head) sharing `model`'s modules: `head(trunk(x)) == model(x)` for an `ImageClassifier` whose
-    `features` is a Sequential with a Flatten; training `head` trains `model`."""
+def _cut(model: nn.Module, start: int | None = None) -> int:
+    """Index of the first trained layer of `model.features`: `start`, or the first after its last Flatten."""
     features = getattr(model, "features", None)
     flat = [i for i, m in enumerate(features) if isinstance(m, nn.Flatten)] if isinstance(features, nn.Sequential) else []
     if not flat or not hasattr(model, "classifier") or not hasattr(model, "normalize"):
         raise ConfigError(f"method.embedding.train=head needs a model whose `features` is a Sequential with a Flatten; "
                           f"{type(model).__name__} has none: use method.embedding.train=all")
-    cut = flat[-1] + 1
-    if not any(p.numel() for m in features[cut:] for p in m.parameters()):
+    if start is None:
+        return flat[-1] + 1
+    if not 1 <= start <= len(features):
+        raise ConfigError(f"method.embedding.head_from must be a layer index of {type(model).__name__}.features in "
+                          f"[1, {len(features)}] (0 trains everything: train=all), got {start}")
+    return int(start)
+
+
+def head_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers after the last Flatten of `model.features`, and its classifier: what a head-only embedding trains
+    (and what an attacker who knows that re-initialises, `attacks.RTALHead`)."""
+    return [*model.features[_cut(model):], model.classifier]
+
+
+def split_head(model: nn.Module, start: int | None = None) -> tuple[nn.Sequential, nn.Sequential]:
+    """(trunk, head) sharing `model`'s modules: `head(trunk(x)) == model(x)` for an `ImageClassifier` whose
+    `features` is a Sequential with a Flatten; training `head` trains `model`. The head starts at
+    `model.features[start]` (`embedding.head_from`), by default after the last Flatten."""
+    cut = _cut(model, start)
+    if not any(p.numel() for m in model.features[cut:] for p in m.parameters()):
         # RTAL re-initialises the final layer: a watermark held by it alone is erased by construction
         raise ConfigError(f"method.embedding.train=head: {type(model).__name__}'s head would be its final layer alone "
                           f"(nothing after its Flatten), which re-training the last layer erases; use method.embedding.train=all")
-    return nn.Sequential(model.normalize, *features[:cut]), nn.Sequential(*features[cut:], model.classifier)
+    return nn.Sequential(model.normalize, *model.features[:cut]), nn.Sequential(*model.features[cut:], model.classifier)
 
 
 def head_applies(model: nn.Module) -> bool:

@@ -36,7 +36,7 @@ class EmbeddingModule(L.LightningModule):
         if head is not None and robust_eps > 0:
             raise ValueError("robust_eps (FGSM on the input) needs the whole model trained: set method.embedding.train=all")
         self.model = model
-        # Head-only embedding (embedding.head): `head` = (trunk, head) of `model`, the batches hold the trunk's
+        # Head-only embedding (embedding/head.py): `head` = (trunk, head) of `model`, the batches hold the trunk's
         # outputs and only the head trains. A plain tuple, so the modules are not registered twice.
         self._split = head
         # Optional adversarial embedding: each batch is also trained as its FGSM examples of budget
@@ -98,7 +98,7 @@ class EmbeddingData(L.LightningDataModule):
     that many clean images per trigger sample (and at least one batch): once only a few triggers are left
     to train, an epoch is a few batches instead of a pass over p of the training set.
 
-    Head-only embedding (`embedding.head`): the callback's triggers and neighbours are the trunk's outputs,
+    Head-only embedding (embedding/head.py): the callback's triggers and neighbours are the trunk's outputs,
     `clean` holds the trunk's outputs for the whole training set with its labels (computed once per host), and
     the noisy copies are drawn around `trigger_images` and passed through `encode` (the trunk); every part of an
     epoch is drawn exactly as the images would be.

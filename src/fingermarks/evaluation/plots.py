@@ -20,6 +20,7 @@ TITLES = {
     "ftal": "FTAL: fine-tune all layers",
     "ftll": "FTLL: fine-tune last layer",
     "rtal": "RTAL: re-init last layer, tune all",
+    "rtal_head": "RTAL of the head: re-init the dense layers, tune all",
     "prune": "Weight pruning (global L1)",
     "adv_train": "FGSM adversarial training",
     "input_noise": "Gaussian input noise",

@@ -167,12 +167,13 @@ class FingerMarks(WatermarkMethod):
 
     # -- embed ----------------------------------------------------------------------
     def _head_split(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, nn.Module, Any, tuple]:
-        """Head-only embedding (`embedding.train: head`; `embedding.head`): the user's copy's trunk (frozen), its
+        """Head-only embedding (`embedding.train: head`, embedding/head.py): the user's copy's trunk (frozen), its
         head, the trunk as an encoder, and the trunk's outputs for the training set with their labels. Those are
         computed once per trunk (the host's: every user's copy starts from it) and kept for the next user."""
         from fingermarks.embedding.head import encode, freeze, split_head, trunk_digest
 
-        trunk, head = split_head(model)
+        start = self.emb.get("head_from")
+        trunk, head = split_head(model, None if start is None else int(start))
         freeze(trunk)
         digest = trunk_digest(trunk)
         if getattr(self, "_clean_features", (None,))[0] != digest:
