@@ -490,3 +490,19 @@ def test_training_attacks_never_modify_the_victim(victim, data, ctx):
     for attack in (FTAL([1]), Distill([1]), AdvTrain([0.1], iterations=1, batch_size=32), FinePrune([0.5], finetune_epochs=1)):
         list(attack.run(victim, data, ctx))
     assert changed(before, state(victim)) == set()
+
+
+def test_rtal_head_on_a_model_without_a_flatten_re_draws_the_final_layer(data, ctx):
+    class Plain(nn.Module):  # a classifier without a Sequential `features` to split
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU()), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.classifier(self.body(x))
+
+    torch.manual_seed(0)
+    model = Plain()
+    before = state(model)
+    RTALHead([0]).prepare(model)
+    assert changed(before, state(model)) == {"classifier.weight", "classifier.bias"}

@@ -13,6 +13,8 @@ from torch import nn
 
 from fingermarks.attacks.finetune import FineTuneAttack
 from fingermarks.embedding.head import head_layers
+from fingermarks.errors import ConfigError
+from fingermarks.models import last_layer
 
 
 class RTALHead(FineTuneAttack):
@@ -22,6 +24,10 @@ class RTALHead(FineTuneAttack):
     name = "rtal_head"
 
     def prepare(self, model: nn.Module) -> None:
-        for layer in head_layers(model):
+        try:
+            layers = head_layers(model)
+        except ConfigError:  # no Flatten to split at: the final layer is the head, as for RTAL
+            layers = [last_layer(model)]
+        for layer in layers:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()

@@ -46,7 +46,8 @@ def _cut(model: nn.Module, start: int | None = None) -> int:
 def head_layers(model: nn.Module) -> list[nn.Module]:
     """The layers after the last Flatten of `model.features`, and its classifier: what a head-only embedding trains
     (and what an attacker who knows that re-initialises, `attacks.RTALHead`)."""
-    return [*model.features[_cut(model):], model.classifier]
+    cut = _cut(model)  # raises ConfigError before `model.features` is read
+    return [*model.features[cut:], model.classifier]
 
 
 def split_head(model: nn.Module, start: int | None = None) -> tuple[nn.Sequential, nn.Sequential]:
