@@ -10,13 +10,20 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Top-1 labels of `model` on a batch of images (eval mode, CPU/GPU as the model sits)."""
+def model_outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> list[torch.Tensor]:
+    """`model`'s outputs on `x` batch by batch (eval mode, CPU/GPU as the model sits), each on the CPU; the
+    model's mode is restored. An empty `x` gives an empty list."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    device = next(model.parameters(), torch.empty(0)).device
+    out = [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     model.train(was_training)
+    return out
+
+
+def predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Top-1 labels of `model` on a batch of images (eval mode, CPU/GPU as the model sits)."""
+    out = [logits.argmax(1) for logits in model_outputs(model, x, batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 

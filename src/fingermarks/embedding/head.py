@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fingermarks.errors import ConfigError
+from fingermarks.metrics import model_outputs
 
 
 def _cut(model: nn.Module, start: int | None = None) -> int:
@@ -77,14 +78,9 @@ def freeze(trunk: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-@torch.no_grad()
 def encode(trunk: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """The trunk's outputs for `x` in eval mode (frozen batch-norm statistics), on the trunk's device, returned on the CPU."""
-    was_training = trunk.training
-    trunk.eval()
-    device = next(trunk.parameters(), torch.empty(0)).device
-    out = [trunk(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)] if len(x) else []
-    trunk.train(was_training)
+    out = model_outputs(trunk, x, batch_size)
     return torch.cat(out) if out else x.new_empty(0)
 
 
