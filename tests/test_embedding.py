@@ -20,7 +20,7 @@ from conftest import CONF
 from fingermarks.data import DigitsDataModule
 from fingermarks.data.digits import load_digits_tensors
 from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule, deepfool
-from fingermarks.errors import EmbeddingError
+from fingermarks.errors import ConfigError, EmbeddingError
 from fingermarks.key import Key, host_fingerprint
 from fingermarks.metrics import predict_labels
 from fingermarks.models import SmallCNN
@@ -540,3 +540,34 @@ def test_clean_per_trigger_from_the_method_config_reaches_the_epoch_data(ctx, ti
     # 6 triggers, all unmatched, each with its DeepFool neighbour, trigger_repeat times, and noise_copies noisy copies
     trigger_samples = 2 * 6 * method.emb.trigger_repeat + 6 * method.emb.noise_copies
     assert sizes == [round(method.emb.p0 * len(ctx.datamodule.train_set)) + trigger_samples, 2 * trigger_samples]
+
+
+def test_embedding_precision_reaches_the_training_steps_and_keeps_float32_weights(ctx, tiny_classifier, single_thread,
+                                                                                monkeypatch) -> None:
+    """`embedding.precision=bf16-mixed` runs the training steps under CPU autocast to bfloat16; the copy a user
+    gets keeps float32 weights, and the same seed gives the same weights."""
+    seen = []
+    step = EmbeddingModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(EmbeddingModule, "training_step", recording)
+    key = user_key(tiny_classifier, ctx.datamodule, "fingermarks")
+    models = {}
+    for precision in ("32-true", "bf16-mixed", "bf16-mixed"):
+        seen.clear()
+        method = method_from_yaml("fingermarks", "embedding.max_epochs=2", "embedding.allow_partial=true",
+                                  f"embedding.precision={precision}")
+        model, info = method.embed(tiny_classifier, key, "alice", ctx, seed=1)
+        assert seen and set(seen) == ({None} if precision == "32-true" else {torch.bfloat16})
+        assert all(p.dtype == torch.float32 for p in model.parameters()) and 0 < info["clean_acc"] <= 1
+        models.setdefault(precision, []).append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(*models["bf16-mixed"])
+    assert not torch.equal(models["32-true"][0], models["bf16-mixed"][0])
+
+
+def test_an_unknown_embedding_precision_is_refused_before_keygen() -> None:
+    with pytest.raises(ConfigError, match=r"method\.embedding\.precision='fp8': expected one of 32-true, bf16-mixed"):
+        method_from_yaml("fingermarks", "embedding.precision=fp8")

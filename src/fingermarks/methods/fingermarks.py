@@ -38,6 +38,10 @@ def probe_sets(datamodule, triggers: torch.Tensor, source_indices: list[int], sc
     return {"probes": torch.stack([(x0 + s * delta).clamp(lo, hi) for s in scales]), "probe_scales": scales}
 
 
+# Lightning precisions an embedding may train in: float32, or autocast to bfloat16 (CPU and GPU) or float16 (GPU)
+EMBEDDING_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
 def noise_leans(host: nn.Module, triggers: torch.Tensor, pairs: torch.Tensor, stds: list[float], reads: int,
                 input_range, generator: torch.Generator) -> dict[str, Any]:
     """The host's own lean on every trigger under Gaussian noise of each std: the share of `reads` noisy
@@ -78,6 +82,10 @@ class FingerMarks(WatermarkMethod):
         for field, allowed in (("target", ("least_likely", "random")), ("tiebreak", ("reference_prob", "distance"))):
             if generation[field] not in allowed:
                 raise ConfigError(f"method.generation.{field}={generation[field]!r}: expected one of {', '.join(allowed)}")
+        # checked here, not when the first user's fit starts (after keygen)
+        if str(embedding.get("precision", "32-true")) not in EMBEDDING_PRECISIONS:
+            raise ConfigError(f"method.embedding.precision={embedding.get('precision')!r}: expected one of "
+                              f"{', '.join(EMBEDDING_PRECISIONS)}")
 
     # -- keygen ---------------------------------------------------------------------
     def _independent(self, ctx: RunContext, archs: list, base_seed: int, seed: int, role: str) -> list[nn.Module]:
@@ -220,7 +228,8 @@ class FingerMarks(WatermarkMethod):
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
         validate = {} if e.validate else {"limit_val_batches": 0}
         trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[ratio], reload_dataloaders_every_n_epochs=1,
-                                      logger=ctx.logger_factory(f"embed_{user}") or False, **validate)
+                                      logger=ctx.logger_factory(f"embed_{user}") or False,
+                                      precision=e.get("precision", "32-true"), **validate)
         trainer.fit(module, datamodule=data)
         seconds = time.perf_counter() - start
         model.eval().requires_grad_(True)
