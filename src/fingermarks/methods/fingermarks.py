@@ -83,7 +83,8 @@ class FingerMarks(WatermarkMethod):
             if generation[field] not in allowed:
                 raise ConfigError(f"method.generation.{field}={generation[field]!r}: expected one of {', '.join(allowed)}")
         # checked here, not when the first user's fit starts (after keygen)
-        if str(embedding.get("precision", "32-true")) not in EMBEDDING_PRECISIONS:
+        self.precision = str(embedding.get("precision", "32-true"))
+        if self.precision not in EMBEDDING_PRECISIONS:
             raise ConfigError(f"method.embedding.precision={embedding.get('precision')!r}: expected one of "
                               f"{', '.join(EMBEDDING_PRECISIONS)}")
 
@@ -229,7 +230,7 @@ class FingerMarks(WatermarkMethod):
         validate = {} if e.validate else {"limit_val_batches": 0}
         trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[ratio], reload_dataloaders_every_n_epochs=1,
                                       logger=ctx.logger_factory(f"embed_{user}") or False,
-                                      precision=e.get("precision", "32-true"), **validate)
+                                      precision=self.precision, **validate)
         trainer.fit(module, datamodule=data)
         seconds = time.perf_counter() - start
         model.eval().requires_grad_(True)
