@@ -122,7 +122,7 @@ def main() -> None:
         for index, user in enumerate(list(key.users)[: args.users]):
             model, info = method.embed(host, key, user, ctx, 1000 + index)
             row = {"setting": setting, "user": user, "host_s": round(host_info["train_seconds"], 1),
-                   "s": round(info["embed_seconds"], 1), "epochs": info["embed_epochs"],
+                   "s": round(info["embed_seconds"], 1), "epochs": info["embed_epochs"], "steps": info["embed_steps"],
                    "kept_noise": {std: kept_under_noise(model, key, user, std, tuple(ctx.datamodule.input_range)) for std in (0.2, 0.3)},
                    "drop": round(100 * (host_info["clean_acc"] - info["clean_acc"]), 2),
                    "hist": [(h["epoch"], round(h["p"], 2), h["matched"], h["active"], round(h["min_target_prob"], 2))

@@ -20,6 +20,7 @@ from conftest import CONF
 from fingermarks.data import DigitsDataModule
 from fingermarks.data.digits import load_digits_tensors
 from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule, deepfool
+from fingermarks.embedding.module import distillation
 from fingermarks.errors import ConfigError, EmbeddingError
 from fingermarks.key import Key, host_fingerprint
 from fingermarks.metrics import predict_labels
@@ -271,6 +272,59 @@ def test_noise_copies_cover_every_trigger_with_its_target(digits: DigitsDataModu
     assert torch.equal(noisy, torch.stack([again[k][0] for k in range(active, len(again))]))
     with pytest.raises(ValueError, match="noise_copies"):
         EmbeddingData(digits, ratio, seed=0, noise_copies=-1)
+
+
+def test_distillation_is_the_tempered_kl_on_the_rows_with_a_teacher() -> None:
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(5, 10), torch.randn(5, 10)
+    teacher[[1, 3]] = float("nan")  # trigger rows: no teacher
+    t = 3.0
+    kept = [0, 2, 4]
+    expected = sum(float((F.softmax(teacher[k] / t, 0) * (F.log_softmax(teacher[k] / t, 0) - F.log_softmax(logits[k] / t, 0))).sum())
+                   for k in kept) * t * t / 5
+    assert float(distillation(logits, teacher, t)) == pytest.approx(expected, rel=1e-5)
+    assert float(distillation(teacher[kept], teacher[kept], t)) == pytest.approx(0.0, abs=1e-6)  # the host itself
+    assert float(distillation(logits, torch.full_like(teacher, float("nan")), t)) == 0.0
+    logits.requires_grad_(True)
+    distillation(logits, teacher, t).backward()
+    assert torch.all(logits.grad[[1, 3]] == 0) and torch.all(logits.grad[kept].abs().sum(1) > 0)
+
+
+def test_distill_adds_the_host_term_on_clean_rows_only() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, input_shape=(1, 8, 8), width=4).eval()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    teacher = torch.randn(6, 10)
+    teacher[:2] = float("nan")
+    plain = EmbeddingModule(model, 10, torch.optim.Adam)
+    distilled = EmbeddingModule(model, 10, torch.optim.Adam, distill=0.5, distill_temperature=2.0)
+    with torch.no_grad():
+        term = distillation(model(x), teacher, 2.0)
+    assert float(term) > 0
+    assert torch.allclose(plain.training_step((x, y, teacher), 0), plain.training_step((x, y), 0))  # weight 0: no term
+    assert torch.allclose(distilled.training_step((x, y, teacher), 0), plain.training_step((x, y), 0) + 0.5 * term, rtol=1e-5)
+    with pytest.raises(ValueError, match="distill"):
+        EmbeddingModule(model, 10, torch.optim.Adam, distill=-1.0)
+
+
+def test_teacher_rows_follow_the_chosen_clean_images(digits: DigitsDataModule) -> None:
+    ratio = ratio_for(p0=0.1, adversarial=False)
+    Stubs(table_model([MATCHED, MISSED, WEAK, MISSED, MATCHED, MISSED])).fit_start(ratio)
+    x, y = digits.train_eval_set.tensors()
+    teacher = torch.arange(len(x), dtype=torch.float32).view(-1, 1).repeat(1, 10)  # row k holds k: which image it was
+    data = EmbeddingData(digits, ratio, seed=0, trigger_repeat=2, noise_copies=1, noise_std=0.1, clean=(x, y), teacher=teacher)
+    dataset = data.train_dataloader().dataset
+    n_clean = round(0.1 * len(x))
+    for k in range(n_clean):
+        image, label, row = dataset[k]
+        index = int(row[0])
+        assert torch.equal(image, x[index]) and int(label) == int(y[index])
+    trigger_rows = torch.stack([dataset[k][2] for k in range(n_clean, len(dataset))])
+    assert len(trigger_rows) == 2 * int(ratio.active.sum()) + N_TRIGGERS and bool(trigger_rows.isnan().all())
+    with pytest.raises(ValueError, match="needs `clean`"):
+        EmbeddingData(digits, ratio, seed=0, teacher=teacher)
+    with pytest.raises(ValueError, match="rows for"):
+        EmbeddingData(digits, ratio, seed=0, clean=(x, y), teacher=teacher[:5])
 
 
 def test_epoch_data_is_reproducible_per_seed(digits: DigitsDataModule) -> None:
@@ -566,6 +620,35 @@ def test_embedding_precision_reaches_the_training_steps_and_keeps_float32_weight
         models.setdefault(precision, []).append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(*models["bf16-mixed"])
     assert not torch.equal(models["32-true"][0], models["bf16-mixed"][0])
+
+
+def test_distill_from_the_method_config_trains_towards_the_host(ctx, tiny_classifier, single_thread, monkeypatch) -> None:
+    """`embedding.distill` > 0: the clean images of every epoch come with the host's logits (computed once per host and
+    shared by the users), the trigger samples with none; the same seed gives the same weights."""
+    seen = []
+    step = EmbeddingModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append((len(batch), self.distill, int(batch[2].isfinite().all(1).sum()) if len(batch) == 3 else 0))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(EmbeddingModule, "training_step", recording)
+    key = user_key(tiny_classifier, ctx.datamodule, "fingermarks")
+    weights = []
+    for distill in ("0.0", "1.0", "1.0"):
+        seen.clear()
+        method = method_from_yaml("fingermarks", "embedding.max_epochs=2", "embedding.allow_partial=true",
+                                  f"embedding.distill={distill}")
+        model, _ = method.embed(tiny_classifier, key, "alice", ctx, seed=1)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        if distill == "0.0":
+            assert {n for n, _, _ in seen} == {2}
+        else:
+            assert {(n, w) for n, w, _ in seen} == {(3, 1.0)}
+            assert sum(c for _, _, c in seen) > 0  # clean rows carried the host's logits
+    digest, logits, (x, _) = method._teacher_logits
+    assert torch.allclose(logits, tiny_classifier.eval()(x), atol=1e-5)
+    assert torch.equal(weights[1], weights[2]) and not torch.equal(weights[0], weights[1])
 
 
 def test_an_unknown_embedding_precision_is_refused_before_keygen() -> None:

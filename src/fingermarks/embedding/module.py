@@ -24,13 +24,33 @@ from fingermarks.training.classifier import optimizers
 log = logging.getLogger(__name__)
 
 
+def distillation(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term, T^2 KL(softmax(teacher / T) || softmax(logits / T)), summed over the rows whose
+    teacher logits are finite (the clean images; trigger rows carry NaN) and divided by the batch size, so it
+    weighs each clean image as the cross-entropy does."""
+    keep = teacher.isfinite().all(1)
+    if not bool(keep.any()):
+        return logits.new_zeros(())
+    t = temperature
+    kl = F.kl_div(F.log_softmax(logits[keep].float() / t, 1), F.log_softmax(teacher[keep].float() / t, 1),
+                  log_target=True, reduction="sum")
+    return kl * t * t / len(logits)
+
+
 class EmbeddingModule(L.LightningModule):
     """Cross-entropy fine-tuning on the mixed epoch data (triggers, neighbours, clean images)."""
 
     def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable, anchor: float = 0.0,
                  robust_eps: float = 0.0, input_range: tuple[float, float] = (0.0, 1.0),
-                 scheduler: Callable | None = None, head: tuple[nn.Module, nn.Module] | None = None) -> None:
+                 scheduler: Callable | None = None, head: tuple[nn.Module, nn.Module] | None = None,
+                 distill: float = 0.0, distill_temperature: float = 2.0) -> None:
         super().__init__()
+        if distill < 0 or distill_temperature <= 0:
+            raise ValueError(f"need distill >= 0 and distill_temperature > 0, got {distill}, {distill_temperature}")
+        # Optional distillation of the host on the clean images (EmbeddingData's `teacher`): their cross-entropy on
+        # the label plus `distill` times the KL to the host's outputs at temperature T, which holds the copy to the
+        # host's whole output on each clean image, not only its top label
+        self.distill, self.distill_temperature = distill, distill_temperature
         if robust_eps < 0:
             raise ValueError(f"need robust_eps >= 0, got {robust_eps}")
         if head is not None and robust_eps > 0:
@@ -66,10 +86,14 @@ class EmbeddingModule(L.LightningModule):
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, *teacher = batch
         if self.robust_eps > 0:
             x, y = torch.cat([x, fgsm(self.model, x, y, self.robust_eps, self.input_range)]), torch.cat([y, y])
-        loss = F.cross_entropy(self.trained()(x), y)
+            teacher = [torch.cat([t, torch.full_like(t, float("nan"))]) for t in teacher]
+        logits = self.trained()(x)
+        loss = F.cross_entropy(logits, y)
+        if teacher and self.distill > 0:
+            loss = loss + self.distill * distillation(logits, teacher[0], self.distill_temperature)
         self.log("embed/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.anchor > 0:
             drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(self.model.parameters(), self._start) if w.requires_grad)
@@ -107,7 +131,8 @@ class EmbeddingData(L.LightningDataModule):
     def __init__(self, datamodule, ratio: DynamicRatio, *, seed: int, batch_size: int = 64, trigger_repeat: int = 4,
                  noise_copies: int = 0, noise_std: float = 0.0, clean_per_trigger: float | None = None,
                  encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 clean: tuple[torch.Tensor, torch.Tensor] | None = None, trigger_images: torch.Tensor | None = None) -> None:
+                 clean: tuple[torch.Tensor, torch.Tensor] | None = None, trigger_images: torch.Tensor | None = None,
+                 teacher: torch.Tensor | None = None) -> None:
         super().__init__()
         if noise_copies < 0 or noise_std < 0:
             raise ValueError(f"need noise_copies >= 0 and noise_std >= 0, got {noise_copies}, {noise_std}")
@@ -117,9 +142,13 @@ class EmbeddingData(L.LightningDataModule):
         self.base, self.ratio = datamodule, ratio
         self.seed, self.batch_size, self.trigger_repeat = seed, batch_size, trigger_repeat
         self.noise_copies, self.noise_std = noise_copies, noise_std
-        if not (encode is None) == (clean is None) == (trigger_images is None):
+        if (encode is None) != (trigger_images is None) or (encode is not None and clean is None):
             raise ValueError("head-only embedding needs `encode`, `clean` and `trigger_images` (the trunk, its outputs, the images)")
-        self.encode, self.clean = encode, clean
+        if teacher is not None and clean is None:
+            raise ValueError("`teacher` (the host's logits per clean image) needs `clean`, the images they belong to")
+        if teacher is not None and len(teacher) != len(clean[0]):
+            raise ValueError(f"`teacher` has {len(teacher)} rows for {len(clean[0])} clean images")
+        self.encode, self.clean, self.teacher = encode, clean, teacher
         self.trigger_images = ratio.triggers if trigger_images is None else trigger_images
 
     def setup(self, stage: str | None = None) -> None:
@@ -135,13 +164,26 @@ class EmbeddingData(L.LightningDataModule):
         if self.clean_per_trigger is not None:
             count = min(count, max(int(round(self.clean_per_trigger * (self.trigger_repeat * len(x) + noisy))), self.batch_size))
         chosen = torch.randperm(len(train), generator=g)[:count]
-        parts = [Subset(train, chosen.tolist()) if self.clean is None else TensorDataset(self.clean[0][chosen], self.clean[1][chosen])]
+        if self.clean is None:
+            parts = [Subset(train, chosen.tolist())]
+        else:
+            parts = [TensorDataset(self.clean[0][chosen], self.clean[1][chosen], *self._teacher(chosen))]
         if len(x):
-            parts.append(TensorDataset(x.repeat(self.trigger_repeat, *[1] * (x.dim() - 1)), y.repeat(self.trigger_repeat)))
+            parts.append(TensorDataset(x.repeat(self.trigger_repeat, *[1] * (x.dim() - 1)), y.repeat(self.trigger_repeat),
+                                       *self._teacher(self.trigger_repeat * len(x))))
         if noisy:
             images, targets = self._noisy_triggers(g)
-            parts.append(TensorDataset(images if self.encode is None else self.encode(images), targets))
+            parts.append(TensorDataset(images if self.encode is None else self.encode(images), targets, *self._teacher(len(targets))))
         return DataLoader(ConcatDataset(parts), batch_size=self.batch_size, shuffle=True, generator=g)
+
+    def _teacher(self, rows: torch.Tensor | int) -> list[torch.Tensor]:
+        """The host's logits for the chosen clean images, or NaN rows (no teacher) for `rows` trigger samples; nothing
+        without a teacher."""
+        if self.teacher is None:
+            return []
+        if isinstance(rows, int):
+            return [self.teacher.new_full((rows, self.teacher.shape[1]), float("nan"))]
+        return [self.teacher[rows]]
 
     def _noisy_triggers(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.trigger_images.repeat(self.noise_copies, *[1] * (self.trigger_images.dim() - 1))

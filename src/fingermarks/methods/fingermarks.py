@@ -19,7 +19,7 @@ from fingermarks.fingerprint import conferrable_penalty, fingermarks_loss, optim
 from fingermarks.key import Key
 from fingermarks.secret import KeySecret
 from fingermarks.methods.base import WatermarkMethod, frozen, sample_sources, start_user_model
-from fingermarks.metrics import accuracy, predict_labels
+from fingermarks.metrics import accuracy, model_outputs, predict_labels
 from fingermarks.training.layout import channels_last
 
 # Seeds of the owner's reference models: far from the host's, the null models' and evaluation models'.
@@ -191,6 +191,18 @@ class FingerMarks(WatermarkMethod):
             self._clean_features = (digest, encode(trunk, x), y)
         return trunk, head, functools.partial(encode, trunk), self._clean_features[1:]
 
+    def _teacher(self, host: nn.Module, ctx: RunContext, clean: tuple | None) -> dict[str, Any]:
+        """`clean` (the training set without augmentation, or the head's inputs for it) and `teacher`, the host's
+        logits for each of those images: computed once per host and kept for the next user."""
+        from fingermarks.embedding.head import trunk_digest
+
+        digest = trunk_digest(host)
+        if getattr(self, "_teacher_logits", (None,))[0] != digest:
+            ctx.datamodule.setup("fit")
+            x, y = ctx.datamodule.train_eval_set.tensors()
+            self._teacher_logits = (digest, torch.cat(model_outputs(host.eval(), x, 512)), (x, y))
+        return {"clean": self._teacher_logits[2] if clean is None else clean, "teacher": self._teacher_logits[1]}
+
     def _trains(self, model: nn.Module) -> str:
         """`all` or `head`: what `embedding.train` asks of this architecture (`auto`: head where it applies)."""
         from fingermarks.embedding.head import head_applies
@@ -216,6 +228,9 @@ class FingerMarks(WatermarkMethod):
         ratio = DynamicRatio(triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
                              done_prob=e.done_prob, adversarial=e.adversarial, input_range=space,
                              deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
+        distill = float(e.get("distill", 0.0))
+        if distill > 0:
+            head_data |= self._teacher(host, ctx, head_data.get("clean"))
         data = EmbeddingData(ctx.datamodule, ratio, seed=seed, batch_size=e.batch_size, trigger_repeat=e.trigger_repeat,
                              noise_copies=e.noise_copies, noise_std=e.noise_std, clean_per_trigger=e.get("clean_per_trigger"),
                              **head_data)
@@ -224,7 +239,8 @@ class FingerMarks(WatermarkMethod):
         scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
         module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer), anchor=float(e.anchor),
                                  robust_eps=float(e.robust_eps), input_range=tuple(ctx.datamodule.input_range),
-                                 scheduler=scheduler, head=split)
+                                 scheduler=scheduler, head=split, distill=distill,
+                                 distill_temperature=float(e.get("distill_temperature", 2.0)))
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
         validate = {} if e.validate else {"limit_val_batches": 0}
@@ -243,7 +259,7 @@ class FingerMarks(WatermarkMethod):
                                     allow_partial=bool(e.get("allow_partial", False)),
                                     settings=f"method.embedding.max_epochs (now {e.max_epochs}) or method.embedding.optimizer.lr")
         return model, {
-            "embed_seconds": seconds, "embed_epochs": epochs, "trained": trains, **outcome,
+            "embed_seconds": seconds, "embed_epochs": epochs, "embed_steps": int(trainer.global_step), "trained": trains, **outcome,
             "clean_acc": accuracy(model, ctx.datamodule.test_set), "history": ratio.history,
         }
 
