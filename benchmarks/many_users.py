@@ -65,6 +65,7 @@ def measure(count: int, embed: int | None, overrides: list[str]) -> dict:
         "embed_seconds_each": embed_s,
         "embed_epochs_each": [u["embed_epochs"] for u in users.values()],
         "all_matched": all(u["all_matched"] for u in users.values()),
+        "matched_each": [u.get("matched") for u in users.values()],
         "owned": sum(bool(reports[u]["owned"]) for u in users),
         "traced_correctly": sum(reports[u]["traced_user"] == u for u in users),
         "host_claimed": bool(reports["host"]["owned"]),
