@@ -169,3 +169,51 @@ def test_head_from_moves_the_split_into_the_convolutions() -> None:
             head_mod.split_head(model, bad)
     # the head an attacker re-draws (attacks.RTALHead) is always the dense part
     assert head_mod.head_layers(model)[0] is model.features[15]
+
+
+def test_pruned_copies_zero_the_least_active_channels_first() -> None:
+    torch.manual_seed(0)
+    features = torch.rand(5, 8 * 3) + 0.1  # 5 rows, 8 channels of 3 positions, channel-major, no zero anywhere
+    clean = torch.rand(50, 8, 3) * torch.arange(1, 9).flip(0).view(1, 8, 1)  # channel 7 least active, 0 most
+    trunk = nn.Sequential(nn.Conv2d(1, 8, 1), nn.ReLU(), nn.Flatten())
+    order = head_mod.channel_order(trunk, clean.flatten(1))
+    assert order.tolist() == list(range(7, -1, -1))
+    copies = head_mod.pruned_copies(features, order, 40, 0.9, torch.Generator().manual_seed(1))
+    assert copies.shape == (200, 24)
+    maps, source = copies.view(200, 8, 3), features.repeat(40, 1).view(200, 8, 3)
+    zeroed = (maps == 0).all(2)  # (rows, channels)
+    kept = ~zeroed
+    assert torch.equal(maps[kept], source[kept])  # what is kept is untouched
+    removed = zeroed.sum(1)
+    assert int(removed.max()) <= int(0.9 * 8) and int(removed.min()) == 0 and len(removed.unique()) > 3
+    for row, count in zip(zeroed, removed):  # exactly the `count` least active channels
+        assert torch.equal(row.nonzero().flatten().sort().values, order[:int(count)].sort().values)
+    again = head_mod.pruned_copies(features, order, 40, 0.9, torch.Generator().manual_seed(1))
+    assert torch.equal(copies, again)
+    with pytest.raises(ConfigError, match="flattened channels"):
+        head_mod.channel_order(trunk, clean.flatten(1)[:, :23])
+
+
+def test_head_data_adds_pruned_copies_of_every_trigger(datamodule) -> None:
+    model = small_cnn(datamodule)
+    trunk, _ = head_mod.split_head(model)
+    encode = functools.partial(head_mod.encode, trunk)
+    x, y = datamodule.train_eval_set.tensors(torch.arange(6))
+    clean = (encode(datamodule.train_eval_set.tensors()[0]), datamodule.train_eval_set.labels)
+    ratio = DynamicRatio(encode(x), (y + 1) % 10, p0=0.1, adversarial=False)
+    order = head_mod.channel_order(trunk, clean[0])
+    data = EmbeddingData(datamodule, ratio, seed=0, trigger_repeat=1, encode=encode, clean=clean, trigger_images=x,
+                         prune_copies=3, prune_max=0.5, channel_order=order)
+    part = data.train_dataloader().dataset.datasets[-1]
+    assert len(part) == 18 and torch.equal(part.tensors[1], ratio.targets.repeat(3))
+    assert bool((part.tensors[0] == 0).any()) and not torch.equal(part.tensors[0], ratio.triggers.repeat(3, 1))
+    with pytest.raises(ValueError, match="train=head"):
+        EmbeddingData(datamodule, DynamicRatio(x, y), seed=0, prune_copies=1)
+
+
+def test_pruned_copies_need_the_head_only_embedding() -> None:
+    from test_embedding import method_from_yaml
+
+    with pytest.raises(ConfigError, match="prune_copies .* needs method.embedding.train=head"):
+        method_from_yaml("fingermarks", "embedding.prune_copies=1")
+    assert method_from_yaml("fingermarks", "embedding.prune_copies=1", "embedding.train=head").emb.prune_copies == 1

@@ -84,6 +84,34 @@ def encode(trunk: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Te
     return torch.cat(out) if out else x.new_empty(0)
 
 
+def channel_order(trunk: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The channels of the trunk's last feature map, least active on `features` (its outputs for the clean images)
+    first: the order in which fine-pruning removes them (attacks.FinePrune ranks the last convolution's channels by
+    their mean activation on clean images). The flattened outputs are channel-major, as `nn.Flatten` lays them out."""
+    maps = [m for m in trunk.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    if not maps:
+        raise ConfigError("method.embedding.prune_copies needs a trunk that ends in convolutions (its channels are pruned)")
+    channels = maps[-1].out_channels if isinstance(maps[-1], nn.Conv2d) else maps[-1].num_features
+    if features.dim() != 2 or features.shape[1] % channels:
+        raise ConfigError(f"method.embedding.prune_copies: trunk outputs of shape {tuple(features.shape)} are not "
+                          f"{channels} flattened channels")
+    return torch.argsort(features.view(len(features), channels, -1).mean((0, 2)), stable=True)
+
+
+def pruned_copies(features: torch.Tensor, order: torch.Tensor, copies: int, max_rate: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """`copies` copies of each row of `features` (trunk outputs, channel-major), each with the least active
+    channels of `order` zeroed, a share of them drawn uniformly from [0, max_rate] per copy: what a fine-pruned
+    trunk gives the head, so the user's targets are taught on the channels that pruning keeps."""
+    x = features.repeat(copies, 1)
+    channels = len(order)
+    removed = (torch.rand(len(x), generator=generator) * max_rate * channels).floor().long()  # channels zeroed per row
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(channels)  # 0 = least active
+    keep = (rank.view(1, -1) >= removed.view(-1, 1)).to(x.dtype)  # (rows, channels)
+    return (x.view(len(x), channels, -1) * keep.unsqueeze(2)).view_as(x)
+
+
 def trunk_digest(trunk: nn.Module) -> str:
     """A checksum of the trunk's weights and buffers: two trunks with the same digest give the same features."""
     h = hashlib.sha256()

@@ -125,15 +125,23 @@ class EmbeddingData(L.LightningDataModule):
     Head-only embedding (embedding/head.py): the callback's triggers and neighbours are the trunk's outputs,
     `clean` holds the trunk's outputs for the whole training set with its labels (computed once per host), and
     the noisy copies are drawn around `trigger_images` and passed through `encode` (the trunk); every part of an
-    epoch is drawn exactly as the images would be.
+    epoch is drawn exactly as the images would be. With `prune_copies` > 0 (head-only only), every trigger also comes
+    as that many copies of its trunk output with a random share (up to `prune_max`) of the least active channels of
+    `channel_order` zeroed (`head.pruned_copies`), with its target.
     """
 
     def __init__(self, datamodule, ratio: DynamicRatio, *, seed: int, batch_size: int = 64, trigger_repeat: int = 4,
                  noise_copies: int = 0, noise_std: float = 0.0, clean_per_trigger: float | None = None,
                  encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  clean: tuple[torch.Tensor, torch.Tensor] | None = None, trigger_images: torch.Tensor | None = None,
-                 teacher: torch.Tensor | None = None) -> None:
+                 teacher: torch.Tensor | None = None, prune_copies: int = 0, prune_max: float = 0.9,
+                 channel_order: torch.Tensor | None = None) -> None:
         super().__init__()
+        if prune_copies < 0 or not 0.0 <= prune_max < 1.0:
+            raise ValueError(f"need prune_copies >= 0 and prune_max in [0, 1), got {prune_copies}, {prune_max}")
+        if prune_copies and (encode is None or channel_order is None):
+            raise ValueError("prune_copies needs the head-only embedding (method.embedding.train=head) and the trunk's channel order")
+        self.prune_copies, self.prune_max, self.channel_order = prune_copies, prune_max, channel_order
         if noise_copies < 0 or noise_std < 0:
             raise ValueError(f"need noise_copies >= 0 and noise_std >= 0, got {noise_copies}, {noise_std}")
         if clean_per_trigger is not None and clean_per_trigger < 0:
@@ -174,6 +182,12 @@ class EmbeddingData(L.LightningDataModule):
         if noisy:
             images, targets = self._noisy_triggers(g)
             parts.append(TensorDataset(images if self.encode is None else self.encode(images), targets, *self._teacher(len(targets))))
+        if self.prune_copies:
+            from fingermarks.embedding.head import pruned_copies
+
+            pruned = pruned_copies(self.ratio.triggers, self.channel_order, self.prune_copies, self.prune_max, g)
+            targets = self.ratio.targets.repeat(self.prune_copies)
+            parts.append(TensorDataset(pruned, targets, *self._teacher(len(targets))))
         return DataLoader(ConcatDataset(parts), batch_size=self.batch_size, shuffle=True, generator=g)
 
     def _teacher(self, rows: torch.Tensor | int) -> list[torch.Tensor]:

@@ -82,6 +82,8 @@ class FingerMarks(WatermarkMethod):
         for field, allowed in (("target", ("least_likely", "random")), ("tiebreak", ("reference_prob", "distance"))):
             if generation[field] not in allowed:
                 raise ConfigError(f"method.generation.{field}={generation[field]!r}: expected one of {', '.join(allowed)}")
+        if int(embedding.get("prune_copies", 0)) and embedding.get("train", "all") == "all":
+            raise ConfigError("method.embedding.prune_copies trains pruned trunk outputs: it needs method.embedding.train=head")
         # checked here, not when the first user's fit starts (after keygen)
         self.precision = str(embedding.get("precision", "32-true"))
         if self.precision not in EMBEDDING_PRECISIONS:
@@ -225,6 +227,13 @@ class FingerMarks(WatermarkMethod):
             trunk, head, encoder, clean = self._head_split(model, ctx)
             triggers, space, split = encoder(key.triggers), (float(clean[0].min()), float(clean[0].max())), (trunk, head)
             head_data = {"encode": encoder, "clean": clean, "trigger_images": key.triggers}
+            if int(e.get("prune_copies", 0)):
+                from fingermarks.embedding.head import channel_order
+
+                head_data |= {"prune_copies": int(e.prune_copies), "prune_max": float(e.get("prune_max", 0.9)),
+                              "channel_order": channel_order(trunk, clean[0])}
+        elif int(e.get("prune_copies", 0)):
+            raise ConfigError("method.embedding.prune_copies trains pruned trunk outputs: it needs method.embedding.train=head")
         ratio = DynamicRatio(triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
                              done_prob=e.done_prob, adversarial=e.adversarial, input_range=space,
                              deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
