@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -217,3 +218,44 @@ def test_pruned_copies_need_the_head_only_embedding() -> None:
     with pytest.raises(ConfigError, match="prune_copies .* needs method.embedding.train=head"):
         method_from_yaml("fingermarks", "embedding.prune_copies=1")
     assert method_from_yaml("fingermarks", "embedding.prune_copies=1", "embedding.train=head").emb.prune_copies == 1
+
+
+def test_magnitude_pruned_forward_holds_the_smallest_weights_at_zero() -> None:
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.rand(4, 12)
+    assert torch.equal(head_mod.magnitude_pruned_forward(head, x, 0.0), head(x))
+    out = head_mod.magnitude_pruned_forward(head, x, 0.5)
+    expected = copy.deepcopy(head)
+    with torch.no_grad():
+        for layer in (expected[0], expected[2]):
+            w = layer.weight
+            w.mul_(w.abs() > w.abs().flatten().kthvalue(int(0.5 * w.numel())).values)
+            assert int((w == 0).sum()) == int(0.5 * w.numel())
+    assert torch.allclose(out, expected(x), atol=1e-6) and not torch.allclose(out, head(x))
+    out.sum().backward()  # the gradient reaches the kept weights only; the head's own weights are untouched
+    pruned = expected[0].weight == 0
+    assert bool((head[0].weight.grad[pruned] == 0).all()) and bool((head[0].weight.grad[~pruned] != 0).any())
+    assert not bool((head[0].weight == 0).any())
+
+
+def test_the_pruned_trigger_term_trains_the_triggers_through_a_pruned_head(datamodule) -> None:
+    model = small_cnn(datamodule)
+    trunk, head = head_mod.split_head(model)
+    features = head_mod.encode(trunk, datamodule.train_eval_set.tensors(torch.arange(8))[0])
+    targets = torch.arange(8) % 10
+    batch = (features[:4], targets[:4])
+    plain = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head))
+    term = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head), pruned_triggers=(features, targets),
+                           prune_weights_max=0.9, prune_weights_seed=1)
+    with torch.no_grad():
+        base = float(plain.training_step(batch, 0))
+        extra = float(term.training_step(batch, 0)) - base
+    assert extra > 0  # the triggers' cross-entropy through the pruned head was added
+    assert set(term.state_dict()) == set(plain.state_dict())  # the triggers are never part of what is saved
+    with pytest.raises(ValueError, match="pruned_triggers"):
+        EmbeddingModule(model, 10, torch.optim.Adam, pruned_triggers=(features, targets))
+    from test_embedding import method_from_yaml
+
+    with pytest.raises(ConfigError, match="prune_weights .* needs method.embedding.train=head"):
+        method_from_yaml("fingermarks", "embedding.prune_weights=0.9")

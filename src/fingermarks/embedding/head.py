@@ -112,6 +112,20 @@ def pruned_copies(features: torch.Tensor, order: torch.Tensor, copies: int, max_
     return (x.view(len(x), channels, -1) * keep.unsqueeze(2)).view_as(x)
 
 
+def magnitude_pruned_forward(head: nn.Module, x: torch.Tensor, rate: float) -> torch.Tensor:
+    """`head(x)` with the smallest-|w| share `rate` of every weight matrix of its Linear layers held at zero (biases
+    kept), as per-layer magnitude pruning leaves them; the gradient reaches the kept weights only."""
+    pruned = {}
+    for name, module in head.named_modules():
+        if isinstance(module, nn.Linear) and rate > 0:
+            w = module.weight
+            k = int(rate * w.numel())
+            if k:
+                cut = w.detach().abs().flatten().kthvalue(k).values
+                pruned[f"{name}.weight"] = w * (w.detach().abs() > cut)
+    return torch.func.functional_call(head, pruned, (x,), strict=False) if pruned else head(x)
+
+
 def trunk_digest(trunk: nn.Module) -> str:
     """A checksum of the trunk's weights and buffers: two trunks with the same digest give the same features."""
     h = hashlib.sha256()

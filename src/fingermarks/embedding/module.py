@@ -43,8 +43,17 @@ class EmbeddingModule(L.LightningModule):
     def __init__(self, model: nn.Module, num_classes: int, optimizer: Callable, anchor: float = 0.0,
                  robust_eps: float = 0.0, input_range: tuple[float, float] = (0.0, 1.0),
                  scheduler: Callable | None = None, head: tuple[nn.Module, nn.Module] | None = None,
-                 distill: float = 0.0, distill_temperature: float = 2.0) -> None:
+                 distill: float = 0.0, distill_temperature: float = 2.0,
+                 pruned_triggers: tuple[torch.Tensor, torch.Tensor] | None = None, prune_weights_max: float = 0.9,
+                 prune_weights_seed: int = 0) -> None:
         super().__init__()
+        if pruned_triggers is not None and (head is None or not 0.0 < prune_weights_max < 1.0):
+            raise ValueError("pruned_triggers needs the head-only embedding and prune_weights_max in (0, 1)")
+        # Optional (head-only): each step also trains every trigger (trunk output, target) through the head with a
+        # random share, up to prune_weights_max, of each dense layer's smallest weights held at zero, so the ID sits in
+        # the weights that magnitude pruning keeps. A plain attribute: never saved with the model (the owner's secret).
+        self._pruned_triggers, self.prune_weights_max = pruned_triggers, prune_weights_max
+        self._prune_generator = torch.Generator().manual_seed(prune_weights_seed)
         if distill < 0 or distill_temperature <= 0:
             raise ValueError(f"need distill >= 0 and distill_temperature > 0, got {distill}, {distill_temperature}")
         # Optional distillation of the host on the clean images (EmbeddingData's `teacher`): their cross-entropy on
@@ -94,6 +103,12 @@ class EmbeddingModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         if teacher and self.distill > 0:
             loss = loss + self.distill * distillation(logits, teacher[0], self.distill_temperature)
+        if self._pruned_triggers is not None:
+            from fingermarks.embedding.head import magnitude_pruned_forward
+
+            features, targets = (t.to(logits.device) for t in self._pruned_triggers)
+            rate = float(torch.rand((), generator=self._prune_generator)) * self.prune_weights_max
+            loss = loss + F.cross_entropy(magnitude_pruned_forward(self.trained(), features, rate), targets)
         self.log("embed/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.anchor > 0:
             drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(self.model.parameters(), self._start) if w.requires_grad)

@@ -82,8 +82,9 @@ class FingerMarks(WatermarkMethod):
         for field, allowed in (("target", ("least_likely", "random")), ("tiebreak", ("reference_prob", "distance"))):
             if generation[field] not in allowed:
                 raise ConfigError(f"method.generation.{field}={generation[field]!r}: expected one of {', '.join(allowed)}")
-        if int(embedding.get("prune_copies", 0)) and embedding.get("train", "all") == "all":
-            raise ConfigError("method.embedding.prune_copies trains pruned trunk outputs: it needs method.embedding.train=head")
+        for option in ("prune_copies", "prune_weights"):
+            if float(embedding.get(option, 0)) and embedding.get("train", "all") == "all":
+                raise ConfigError(f"method.embedding.{option} trains pruned parts of the head: it needs method.embedding.train=head")
         # checked here, not when the first user's fit starts (after keygen)
         self.precision = str(embedding.get("precision", "32-true"))
         if self.precision not in EMBEDDING_PRECISIONS:
@@ -232,8 +233,9 @@ class FingerMarks(WatermarkMethod):
 
                 head_data |= {"prune_copies": int(e.prune_copies), "prune_max": float(e.get("prune_max", 0.9)),
                               "channel_order": channel_order(trunk, clean[0])}
-        elif int(e.get("prune_copies", 0)):
-            raise ConfigError("method.embedding.prune_copies trains pruned trunk outputs: it needs method.embedding.train=head")
+        elif float(e.get("prune_copies", 0)) or float(e.get("prune_weights", 0)):  # train=auto on a model without a head
+            raise ConfigError(f"method.embedding.prune_copies / prune_weights train pruned parts of the head, and "
+                              f"{type(model).__name__} trains whole: use method.embedding.train=all without them")
         ratio = DynamicRatio(triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
                              done_prob=e.done_prob, adversarial=e.adversarial, input_range=space,
                              deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
@@ -249,7 +251,9 @@ class FingerMarks(WatermarkMethod):
         module = EmbeddingModule(model, ctx.datamodule.num_classes, instantiate(e.optimizer), anchor=float(e.anchor),
                                  robust_eps=float(e.robust_eps), input_range=tuple(ctx.datamodule.input_range),
                                  scheduler=scheduler, head=split, distill=distill,
-                                 distill_temperature=float(e.get("distill_temperature", 2.0)))
+                                 distill_temperature=float(e.get("distill_temperature", 2.0)),
+                                 pruned_triggers=(triggers, targets) if trains == "head" and float(e.get("prune_weights", 0)) > 0 else None,
+                                 prune_weights_max=float(e.get("prune_weights", 0)) or 0.9, prune_weights_seed=seed)
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
         validate = {} if e.validate else {"limit_val_batches": 0}
