@@ -215,7 +215,7 @@ def test_head_data_adds_pruned_copies_of_every_trigger(datamodule) -> None:
 def test_pruned_copies_need_the_head_only_embedding() -> None:
     from test_embedding import method_from_yaml
 
-    with pytest.raises(ConfigError, match="prune_copies .* needs method.embedding.train=head"):
+    with pytest.raises(ConfigError, match="prune_copies trains parts of the head: it needs method.embedding.train=head"):
         method_from_yaml("fingermarks", "embedding.prune_copies=1")
     assert method_from_yaml("fingermarks", "embedding.prune_copies=1", "embedding.train=head").emb.prune_copies == 1
 
@@ -257,5 +257,38 @@ def test_the_pruned_trigger_term_trains_the_triggers_through_a_pruned_head(datam
         EmbeddingModule(model, 10, torch.optim.Adam, pruned_triggers=(features, targets))
     from test_embedding import method_from_yaml
 
-    with pytest.raises(ConfigError, match="prune_weights .* needs method.embedding.train=head"):
+    with pytest.raises(ConfigError, match="prune_weights trains parts of the head: it needs method.embedding.train=head"):
         method_from_yaml("fingermarks", "embedding.prune_weights=0.9")
+
+
+def test_dormant_units_are_the_least_active_and_the_term_silences_them(datamodule) -> None:
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        head[0].bias.copy_(torch.tensor([3.0, -9.0, 1.0, -9.0, 2.0]))  # units 1 and 3 never fire on inputs in [0, 1]
+    features = torch.rand(40, 6)
+    assert sorted(head_mod.dormant_units(head, features, 2).tolist()) == [1, 3]
+    for bad in (0, 5):
+        with pytest.raises(ConfigError, match="dormant_units"):
+            head_mod.dormant_units(head, features, bad)
+    with pytest.raises(ConfigError, match="Linear followed by a ReLU"):
+        head_mod.hidden_layer(nn.Sequential(nn.Linear(6, 3)))
+    # in a module: the term adds the clean images' pre-activations above -margin, and training on it lowers them
+    model = small_cnn(datamodule)
+    trunk, head = head_mod.split_head(model)
+    clean = head_mod.encode(trunk, datamodule.train_eval_set.tensors(torch.arange(64))[0])
+    units = torch.arange(4)
+    batch = (clean[:8], torch.zeros(8, dtype=torch.long))
+    plain = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head))
+    silenced = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head), dormant=(clean, units, 1.0, 5.0))
+    with torch.no_grad():
+        assert float(silenced.training_step(batch, 0)) > float(plain.training_step(batch, 0))
+    layer = head_mod.hidden_layer(head)
+    before = float(layer(clean)[:, units].mean())
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.05)
+    for _ in range(20):
+        optimizer.zero_grad()
+        (silenced.training_step(batch, 0) - plain.training_step(batch, 0)).backward()
+        optimizer.step()
+    assert float(layer(clean)[:, units].mean()) < before
+    assert set(silenced.state_dict()) == set(plain.state_dict())

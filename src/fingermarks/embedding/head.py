@@ -126,6 +126,27 @@ def magnitude_pruned_forward(head: nn.Module, x: torch.Tensor, rate: float) -> t
     return torch.func.functional_call(head, pruned, (x,), strict=False) if pruned else head(x)
 
 
+def hidden_layer(head: nn.Module) -> nn.Linear:
+    """The head's first Linear layer, which a ReLU follows: its units are the ones `dormant_units` chooses from."""
+    layers = list(head.modules())
+    for i, m in enumerate(layers[:-1]):
+        if isinstance(m, nn.Linear):
+            if isinstance(layers[i + 1], nn.ReLU):
+                return m
+            break
+    raise ConfigError("method.embedding.dormant_units needs a head whose first layer is a Linear followed by a ReLU")
+
+
+@torch.no_grad()
+def dormant_units(head: nn.Module, features: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` hidden units of the head least active (mean ReLU output) on `features`, the clean images' trunk outputs."""
+    layer = hidden_layer(head)
+    if not 0 < count < layer.out_features:
+        raise ConfigError(f"method.embedding.dormant_units must be in [1, {layer.out_features - 1}], got {count}")
+    activity = torch.cat([layer(chunk).clamp_min(0).mean(0, keepdim=True) * len(chunk) for chunk in features.split(1024)]).sum(0)
+    return torch.argsort(activity, stable=True)[:count]
+
+
 def trunk_digest(trunk: nn.Module) -> str:
     """A checksum of the trunk's weights and buffers: two trunks with the same digest give the same features."""
     h = hashlib.sha256()

@@ -45,7 +45,7 @@ class EmbeddingModule(L.LightningModule):
                  scheduler: Callable | None = None, head: tuple[nn.Module, nn.Module] | None = None,
                  distill: float = 0.0, distill_temperature: float = 2.0,
                  pruned_triggers: tuple[torch.Tensor, torch.Tensor] | None = None, prune_weights_max: float = 0.9,
-                 prune_weights_seed: int = 0) -> None:
+                 prune_weights_seed: int = 0, dormant: tuple[torch.Tensor, torch.Tensor, float, float] | None = None) -> None:
         super().__init__()
         if pruned_triggers is not None and (head is None or not 0.0 < prune_weights_max < 1.0):
             raise ValueError("pruned_triggers needs the head-only embedding and prune_weights_max in (0, 1)")
@@ -54,6 +54,10 @@ class EmbeddingModule(L.LightningModule):
         # the weights that magnitude pruning keeps. A plain attribute: never saved with the model (the owner's secret).
         self._pruned_triggers, self.prune_weights_max = pruned_triggers, prune_weights_max
         self._prune_generator = torch.Generator().manual_seed(prune_weights_seed)
+        # Optional (head-only): `dormant` = (clean trunk outputs, unit indices, weight, margin): each step also pushes the
+        # pre-activations of those hidden units below -margin on a batch of clean images, so the units stay silent on
+        # clean data (and a fine-tuning thief's clean gradients never reach them) while the triggers may use them.
+        self._dormant = dormant
         if distill < 0 or distill_temperature <= 0:
             raise ValueError(f"need distill >= 0 and distill_temperature > 0, got {distill}, {distill_temperature}")
         # Optional distillation of the host on the clean images (EmbeddingData's `teacher`): their cross-entropy on
@@ -109,6 +113,13 @@ class EmbeddingModule(L.LightningModule):
             features, targets = (t.to(logits.device) for t in self._pruned_triggers)
             rate = float(torch.rand((), generator=self._prune_generator)) * self.prune_weights_max
             loss = loss + F.cross_entropy(magnitude_pruned_forward(self.trained(), features, rate), targets)
+        if self._dormant is not None:
+            from fingermarks.embedding.head import hidden_layer
+
+            clean, units, weight, margin = self._dormant
+            rows = torch.randint(len(clean), (len(x),), generator=self._prune_generator)
+            pre = hidden_layer(self.trained())(clean[rows].to(logits.device))[:, units.to(logits.device)]
+            loss = loss + weight * (pre + margin).clamp_min(0).mean()
         self.log("embed/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.anchor > 0:
             drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(self.model.parameters(), self._start) if w.requires_grad)

@@ -82,9 +82,9 @@ class FingerMarks(WatermarkMethod):
         for field, allowed in (("target", ("least_likely", "random")), ("tiebreak", ("reference_prob", "distance"))):
             if generation[field] not in allowed:
                 raise ConfigError(f"method.generation.{field}={generation[field]!r}: expected one of {', '.join(allowed)}")
-        for option in ("prune_copies", "prune_weights"):
+        for option in ("prune_copies", "prune_weights", "dormant_units"):
             if float(embedding.get(option, 0)) and embedding.get("train", "all") == "all":
-                raise ConfigError(f"method.embedding.{option} trains pruned parts of the head: it needs method.embedding.train=head")
+                raise ConfigError(f"method.embedding.{option} trains parts of the head: it needs method.embedding.train=head")
         # checked here, not when the first user's fit starts (after keygen)
         self.precision = str(embedding.get("precision", "32-true"))
         if self.precision not in EMBEDDING_PRECISIONS:
@@ -206,6 +206,19 @@ class FingerMarks(WatermarkMethod):
             self._teacher_logits = (digest, torch.cat(model_outputs(host.eval(), x, 512)), (x, y))
         return {"clean": self._teacher_logits[2] if clean is None else clean, "teacher": self._teacher_logits[1]}
 
+    def _dormant(self, split, clean) -> tuple | None:
+        """`embedding.dormant_units` hidden units of the head kept silent on clean images, with the clean trunk outputs
+        they are checked on (head-only embedding), or None."""
+        count = int(self.emb.get("dormant_units", 0))
+        if not count:
+            return None
+        if split is None:
+            raise ConfigError("method.embedding.dormant_units works in the head: it needs method.embedding.train=head")
+        from fingermarks.embedding.head import dormant_units
+
+        return (clean[0], dormant_units(split[1], clean[0], count), float(self.emb.get("dormant_weight", 1.0)),
+                float(self.emb.get("dormant_margin", 1.0)))
+
     def _trains(self, model: nn.Module) -> str:
         """`all` or `head`: what `embedding.train` asks of this architecture (`auto`: head where it applies)."""
         from fingermarks.embedding.head import head_applies
@@ -253,7 +266,8 @@ class FingerMarks(WatermarkMethod):
                                  scheduler=scheduler, head=split, distill=distill,
                                  distill_temperature=float(e.get("distill_temperature", 2.0)),
                                  pruned_triggers=(triggers, targets) if trains == "head" and float(e.get("prune_weights", 0)) > 0 else None,
-                                 prune_weights_max=float(e.get("prune_weights", 0)) or 0.9, prune_weights_seed=seed)
+                                 prune_weights_max=float(e.get("prune_weights", 0)) or 0.9, prune_weights_seed=seed,
+                                 dormant=self._dormant(split, head_data.get("clean")))
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
         validate = {} if e.validate else {"limit_val_batches": 0}
