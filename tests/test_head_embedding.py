@@ -280,7 +280,7 @@ def test_dormant_units_are_the_least_active_and_the_term_silences_them(datamodul
     units = torch.arange(4)
     batch = (clean[:8], torch.zeros(8, dtype=torch.long))
     plain = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head))
-    silenced = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head), dormant=(clean, units, 1.0, 5.0))
+    silenced = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head), dormant=(clean, clean[:4], units, 1.0, 5.0))
     with torch.no_grad():
         assert float(silenced.training_step(batch, 0)) > float(plain.training_step(batch, 0))
     layer = head_mod.hidden_layer(head)

@@ -45,7 +45,7 @@ class EmbeddingModule(L.LightningModule):
                  scheduler: Callable | None = None, head: tuple[nn.Module, nn.Module] | None = None,
                  distill: float = 0.0, distill_temperature: float = 2.0,
                  pruned_triggers: tuple[torch.Tensor, torch.Tensor] | None = None, prune_weights_max: float = 0.9,
-                 prune_weights_seed: int = 0, dormant: tuple[torch.Tensor, torch.Tensor, float, float] | None = None) -> None:
+                 prune_weights_seed: int = 0, dormant: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float] | None = None) -> None:
         super().__init__()
         if pruned_triggers is not None and (head is None or not 0.0 < prune_weights_max < 1.0):
             raise ValueError("pruned_triggers needs the head-only embedding and prune_weights_max in (0, 1)")
@@ -54,9 +54,10 @@ class EmbeddingModule(L.LightningModule):
         # the weights that magnitude pruning keeps. A plain attribute: never saved with the model (the owner's secret).
         self._pruned_triggers, self.prune_weights_max = pruned_triggers, prune_weights_max
         self._prune_generator = torch.Generator().manual_seed(prune_weights_seed)
-        # Optional (head-only): `dormant` = (clean trunk outputs, unit indices, weight, margin): each step also pushes the
-        # pre-activations of those hidden units below -margin on a batch of clean images, so the units stay silent on
-        # clean data (and a fine-tuning thief's clean gradients never reach them) while the triggers may use them.
+        # Optional (head-only): `dormant` = (clean trunk outputs, trigger trunk outputs, unit indices, weight, margin):
+        # each step also pushes the pre-activations of those hidden units below -margin on a batch of clean images and
+        # above +margin on the triggers, so the units stay silent on clean data (a fine-tuning thief's clean gradients
+        # never reach them) and fire on the triggers, whose targets they can then carry.
         self._dormant = dormant
         if distill < 0 or distill_temperature <= 0:
             raise ValueError(f"need distill >= 0 and distill_temperature > 0, got {distill}, {distill_temperature}")
@@ -116,10 +117,12 @@ class EmbeddingModule(L.LightningModule):
         if self._dormant is not None:
             from fingermarks.embedding.head import hidden_layer
 
-            clean, units, weight, margin = self._dormant
+            clean, triggers, units, weight, margin = self._dormant
             rows = torch.randint(len(clean), (len(x),), generator=self._prune_generator)
-            pre = hidden_layer(self.trained())(clean[rows].to(logits.device))[:, units.to(logits.device)]
-            loss = loss + weight * (pre + margin).clamp_min(0).mean()
+            layer, units = hidden_layer(self.trained()), units.to(logits.device)
+            silent = (layer(clean[rows].to(logits.device))[:, units] + margin).clamp_min(0).mean()
+            awake = (margin - layer(triggers.to(logits.device))[:, units]).clamp_min(0).mean()
+            loss = loss + weight * (silent + awake)
         self.log("embed/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.anchor > 0:
             drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(self.model.parameters(), self._start) if w.requires_grad)

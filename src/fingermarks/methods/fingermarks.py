@@ -206,9 +206,9 @@ class FingerMarks(WatermarkMethod):
             self._teacher_logits = (digest, torch.cat(model_outputs(host.eval(), x, 512)), (x, y))
         return {"clean": self._teacher_logits[2] if clean is None else clean, "teacher": self._teacher_logits[1]}
 
-    def _dormant(self, split, clean) -> tuple | None:
-        """`embedding.dormant_units` hidden units of the head kept silent on clean images, with the clean trunk outputs
-        they are checked on (head-only embedding), or None."""
+    def _dormant(self, split, clean, triggers) -> tuple | None:
+        """`embedding.dormant_units` hidden units of the head kept silent on clean images and firing on the triggers,
+        with the clean and trigger trunk outputs they are trained on (head-only embedding), or None."""
         count = int(self.emb.get("dormant_units", 0))
         if not count:
             return None
@@ -216,7 +216,7 @@ class FingerMarks(WatermarkMethod):
             raise ConfigError("method.embedding.dormant_units works in the head: it needs method.embedding.train=head")
         from fingermarks.embedding.head import dormant_units
 
-        return (clean[0], dormant_units(split[1], clean[0], count), float(self.emb.get("dormant_weight", 1.0)),
+        return (clean[0], triggers, dormant_units(split[1], clean[0], count), float(self.emb.get("dormant_weight", 1.0)),
                 float(self.emb.get("dormant_margin", 1.0)))
 
     def _trains(self, model: nn.Module) -> str:
@@ -267,7 +267,7 @@ class FingerMarks(WatermarkMethod):
                                  distill_temperature=float(e.get("distill_temperature", 2.0)),
                                  pruned_triggers=(triggers, targets) if trains == "head" and float(e.get("prune_weights", 0)) > 0 else None,
                                  prune_weights_max=float(e.get("prune_weights", 0)) or 0.9, prune_weights_seed=seed,
-                                 dormant=self._dormant(split, head_data.get("clean")))
+                                 dormant=self._dormant(split, head_data.get("clean"), triggers))
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
         validate = {} if e.validate else {"limit_val_batches": 0}
