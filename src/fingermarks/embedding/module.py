@@ -53,7 +53,9 @@ class EmbeddingModule(L.LightningModule):
         # random share, up to prune_weights_max, of each dense layer's smallest weights held at zero, so the ID sits in
         # the weights that magnitude pruning keeps. A plain attribute: never saved with the model (the owner's secret).
         self._pruned_triggers, self.prune_weights_max = pruned_triggers, prune_weights_max
-        self._prune_generator = torch.Generator().manual_seed(prune_weights_seed)
+        # made on first use, in the process that trains: a torch.Generator held here would be pickled to ddp_spawn's
+        # workers through shared memory, which fails ("unable to resize file")
+        self._term_seed, self._term_generator = prune_weights_seed, None
         # Optional (head-only): `dormant` = (clean trunk outputs, trigger trunk outputs, unit indices, weight, margin):
         # each step also pushes the pre-activations of those hidden units below -margin on a batch of clean images and
         # above +margin on the triggers, so the units stay silent on clean data (a fine-tuning thief's clean gradients
@@ -85,6 +87,12 @@ class EmbeddingModule(L.LightningModule):
         self.anchor = anchor
         self._start = [p.detach().clone() for p in model.parameters()] if anchor > 0 else []
 
+    def _generator(self) -> torch.Generator:
+        """The generator of the optional terms' random draws (pruning rates, clean rows), seeded once per fit."""
+        if self._term_generator is None:
+            self._term_generator = torch.Generator().manual_seed(self._term_seed)
+        return self._term_generator
+
     def on_fit_start(self) -> None:
         self._start = [w.to(self.device) for w in self._start]
 
@@ -112,13 +120,13 @@ class EmbeddingModule(L.LightningModule):
             from fingermarks.embedding.head import magnitude_pruned_forward
 
             features, targets = (t.to(logits.device) for t in self._pruned_triggers)
-            rate = float(torch.rand((), generator=self._prune_generator)) * self.prune_weights_max
+            rate = float(torch.rand((), generator=self._generator())) * self.prune_weights_max
             loss = loss + F.cross_entropy(magnitude_pruned_forward(self.trained(), features, rate), targets)
         if self._dormant is not None:
             from fingermarks.embedding.head import hidden_layer
 
             clean, triggers, units, weight, margin = self._dormant
-            rows = torch.randint(len(clean), (len(x),), generator=self._prune_generator)
+            rows = torch.randint(len(clean), (len(x),), generator=self._generator())
             layer, units = hidden_layer(self.trained()), units.to(logits.device)
             silent = (layer(clean[rows].to(logits.device))[:, units] + margin).clamp_min(0).mean()
             awake = (margin - layer(triggers.to(logits.device))[:, units]).clamp_min(0).mean()
