@@ -247,7 +247,7 @@ def test_the_pruned_trigger_term_trains_the_triggers_through_a_pruned_head(datam
     batch = (features[:4], targets[:4])
     plain = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head))
     term = EmbeddingModule(model, 10, torch.optim.Adam, head=(trunk, head), pruned_triggers=(features, targets),
-                           prune_weights_max=0.9, prune_weights_seed=1)
+                           prune_weights_max=0.9, term_seed=1)
     with torch.no_grad():
         base = float(plain.training_step(batch, 0))
         extra = float(term.training_step(batch, 0)) - base

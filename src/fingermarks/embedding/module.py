@@ -45,7 +45,7 @@ class EmbeddingModule(L.LightningModule):
                  scheduler: Callable | None = None, head: tuple[nn.Module, nn.Module] | None = None,
                  distill: float = 0.0, distill_temperature: float = 2.0,
                  pruned_triggers: tuple[torch.Tensor, torch.Tensor] | None = None, prune_weights_max: float = 0.9,
-                 prune_weights_seed: int = 0, dormant: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float] | None = None) -> None:
+                 term_seed: int = 0, dormant: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float] | None = None) -> None:
         super().__init__()
         if pruned_triggers is not None and (head is None or not 0.0 < prune_weights_max < 1.0):
             raise ValueError("pruned_triggers needs the head-only embedding and prune_weights_max in (0, 1)")
@@ -55,7 +55,7 @@ class EmbeddingModule(L.LightningModule):
         self._pruned_triggers, self.prune_weights_max = pruned_triggers, prune_weights_max
         # made on first use, in the process that trains: a torch.Generator held here would be pickled to ddp_spawn's
         # workers through shared memory, which fails ("unable to resize file")
-        self._term_seed, self._term_generator = prune_weights_seed, None
+        self._term_seed, self._term_generator = term_seed, None
         # Optional (head-only): `dormant` = (clean trunk outputs, trigger trunk outputs, unit indices, weight, margin):
         # each step also pushes the pre-activations of those hidden units below -margin on a batch of clean images and
         # above +margin on the triggers, so the units stay silent on clean data (a fine-tuning thief's clean gradients

@@ -38,6 +38,9 @@ def probe_sets(datamodule, triggers: torch.Tensor, source_indices: list[int], sc
     return {"probes": torch.stack([(x0 + s * delta).clamp(lo, hi) for s in scales]), "probe_scales": scales}
 
 
+# embedding options that train parts of a head-only embedding's head (method.embedding.train=head)
+HEAD_ONLY_OPTIONS = ("prune_copies", "prune_weights", "dormant_units")
+
 # Lightning precisions an embedding may train in: float32, or autocast to bfloat16 (CPU and GPU) or float16 (GPU)
 EMBEDDING_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
@@ -82,7 +85,7 @@ class FingerMarks(WatermarkMethod):
         for field, allowed in (("target", ("least_likely", "random")), ("tiebreak", ("reference_prob", "distance"))):
             if generation[field] not in allowed:
                 raise ConfigError(f"method.generation.{field}={generation[field]!r}: expected one of {', '.join(allowed)}")
-        for option in ("prune_copies", "prune_weights", "dormant_units"):
+        for option in HEAD_ONLY_OPTIONS:
             if float(embedding.get(option, 0)) and embedding.get("train", "all") == "all":
                 raise ConfigError(f"method.embedding.{option} trains parts of the head: it needs method.embedding.train=head")
         # checked here, not when the first user's fit starts (after keygen)
@@ -212,8 +215,6 @@ class FingerMarks(WatermarkMethod):
         count = int(self.emb.get("dormant_units", 0))
         if not count:
             return None
-        if split is None:
-            raise ConfigError("method.embedding.dormant_units works in the head: it needs method.embedding.train=head")
         from fingermarks.embedding.head import dormant_units
 
         return (clean[0], triggers, dormant_units(split[1], clean[0], count), float(self.emb.get("dormant_weight", 1.0)),
@@ -246,8 +247,8 @@ class FingerMarks(WatermarkMethod):
 
                 head_data |= {"prune_copies": int(e.prune_copies), "prune_max": float(e.get("prune_max", 0.9)),
                               "channel_order": channel_order(trunk, clean[0])}
-        elif float(e.get("prune_copies", 0)) or float(e.get("prune_weights", 0)):  # train=auto on a model without a head
-            raise ConfigError(f"method.embedding.prune_copies / prune_weights train pruned parts of the head, and "
+        elif any(float(e.get(option, 0)) for option in HEAD_ONLY_OPTIONS):  # train=auto on a model without a head
+            raise ConfigError(f"method.embedding.{' / '.join(HEAD_ONLY_OPTIONS)} train parts of the head, and "
                               f"{type(model).__name__} trains whole: use method.embedding.train=all without them")
         ratio = DynamicRatio(triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
                              done_prob=e.done_prob, adversarial=e.adversarial, input_range=space,
@@ -265,8 +266,8 @@ class FingerMarks(WatermarkMethod):
                                  robust_eps=float(e.robust_eps), input_range=tuple(ctx.datamodule.input_range),
                                  scheduler=scheduler, head=split, distill=distill,
                                  distill_temperature=float(e.get("distill_temperature", 2.0)),
-                                 pruned_triggers=(triggers, targets) if trains == "head" and float(e.get("prune_weights", 0)) > 0 else None,
-                                 prune_weights_max=float(e.get("prune_weights", 0)) or 0.9, prune_weights_seed=seed,
+                                 pruned_triggers=(triggers, targets) if float(e.get("prune_weights", 0)) > 0 else None,
+                                 prune_weights_max=float(e.get("prune_weights", 0)), term_seed=seed,
                                  dormant=self._dormant(split, head_data.get("clean"), triggers))
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
         # `validate: false` skips it (the final accuracy on the test set is measured either way)
