@@ -2,7 +2,9 @@
 
     python benchmarks/probe_embedding.py [--users 2] "" "method.embedding.readmit_prob=0.9 ..." ...
 
-Each argument is one setting (space-separated Hydra overrides on top of the defaults). The host comes
+Each argument is one setting (space-separated Hydra overrides on top of the defaults); with
+`method.embedding.stack_users=k` the users are embedded k at a time (`embed_group`; each user's seconds are
+its group's over k). The host comes
 from the cache; the key is made once from the passphrase `probe-0` (4 registered users) and kept in
 `--key` so every setting embeds the same users of the same key. Per user: embedding seconds and
 epochs, accuracy drop against the host (test set), the history of (epoch, clean fraction p, matched,
@@ -119,8 +121,14 @@ def main() -> None:
         key = obtain_key(cfg, method, host, ctx, user_names(cfg.users))
         if not args.key.exists():
             shutil.copy(out / "key.pt", args.key)
-        for index, user in enumerate(list(key.users)[: args.users]):
-            model, info = method.embed(host, key, user, ctx, 1000 + index)
+        users = list(key.users)[: args.users]
+        if method.stack_users > 1:  # the users in groups of stack_users, one run each (embedding/stacked.py)
+            made = [result for start in range(0, len(users), method.stack_users)
+                    for result in method.embed_group(host, key, users[start:start + method.stack_users], ctx,
+                                                     [1000 + i for i in range(start, min(start + method.stack_users, len(users)))])]
+        else:
+            made = (method.embed(host, key, user, ctx, 1000 + index) for index, user in enumerate(users))
+        for user, (model, info) in zip(users, made):
             row = {"setting": setting, "user": user, "host_s": round(host_info["train_seconds"], 1),
                    "s": round(info["embed_seconds"], 1), "epochs": info["embed_epochs"], "steps": info["embed_steps"],
                    "kept_noise": {std: kept_under_noise(model, key, user, std, tuple(ctx.datamodule.input_range)) for std in (0.2, 0.3)},

@@ -160,6 +160,13 @@ def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: 
     key_id = key_fingerprint(key)
     index = {name: i for i, name in enumerate(key.users)}
     start, embedded = time.perf_counter(), 0
+    seed_of = {user: int(cfg.seed) * 1000 + index[user] + 1 for user in users}
+    # embedding.stack_users > 1: the users still to embed go in groups of that many, one run each (embedding/stacked.py);
+    # a group is embedded when its first user is made, and its other users taken from what it made
+    stack = int(getattr(method, "stack_users", 1))
+    todo = [user for user in users if _embedded_before(ctx.output_dir / "users" / user, key_id) is None]
+    group_of = {user: todo[i - i % stack: i - i % stack + stack] for i, user in enumerate(todo)} if stack > 1 else {}
+    made_with_group: dict[str, tuple] = {}
     for k, user in enumerate(users, 1):
         folder = ctx.output_dir / "users" / user
         done = _embedded_before(folder, key_id)
@@ -167,12 +174,20 @@ def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: 
             infos[user], models[user] = done, load_classifier(folder / "model.ckpt", ctx.datamodule)
             quiet.step(f"{user}: embedded before (users/{user}), skipped", "users", k, len(users))
             continue
-        seed = int(cfg.seed) * 1000 + index[user] + 1
-        recipe = {"key": key_id, "user": user, "bits": key.users[user].tolist(), "seed": seed, "method": embedding_recipe(cfg.method)}
-        cached = cache_path(ctx.cache_dir, "users", recipe)
+        seed = seed_of[user]
+        cached = _user_cache(cfg, ctx, key, key_id, user, seed)
 
         def make(user=user, seed=seed, cached=cached):
-            model, info = method.embed(host, key, user, ctx, seed=seed)
+            if user in group_of:
+                if user not in made_with_group:
+                    # the group's users not in the cache (another job may have made some)
+                    group = [u for u in group_of[user]
+                             if u == user or not _is_file(_user_cache(cfg, ctx, key, key_id, u, seed_of[u]))]
+                    made = method.embed_group(host, key, group, ctx, seeds=[seed_of[u] for u in group])
+                    made_with_group.update(zip(group, made))
+                model, info = made_with_group.pop(user)
+            else:
+                model, info = method.embed(host, key, user, ctx, seed=seed)
             if cached is not None and is_rank_zero():
                 save_model(model, cached, info)
             return model, info
@@ -192,6 +207,16 @@ def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: 
         how = "from the cache" if from_cache else f"embedded in {info['embed_seconds']:.1f}s, {info['embed_epochs']} epochs"
         quiet.step(f"{user}: {how}, test acc {info['clean_acc']:.4f}{eta}", "users", k, len(users))
     return infos, models
+
+
+def _user_cache(cfg: DictConfig, ctx: RunContext, key: Key, key_id: str, user: str, seed: int) -> Path | None:
+    """Where user `user`'s model of this key and embedding config is cached (None without a cache)."""
+    recipe = {"key": key_id, "user": user, "bits": key.users[user].tolist(), "seed": seed, "method": embedding_recipe(cfg.method)}
+    return cache_path(ctx.cache_dir, "users", recipe)
+
+
+def _is_file(path: Path | None) -> bool:
+    return path is not None and Path(path).is_file()
 
 
 def _embedded_before(folder: Path, key_id: str) -> dict[str, Any] | None:

@@ -88,50 +88,75 @@ class DynamicRatio(L.Callback):
         matched = probs.argmax(1) == self.targets
         return matched, probs.gather(1, self.targets.view(-1, 1)).squeeze(1)
 
-    def _set_neighbours(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """DeepFool neighbours of the active triggers on the current weights (rank 0's under DDP)."""
-        if self.adversarial and bool(self.active.any()):
-            x = self.triggers[self.active].to(pl_module.device)
-            found = deepfool(_trained(pl_module), x, candidates=self.candidates, max_iter=self.max_iter, overshoot=self.overshoot,
-                             input_range=self.input_range).cpu()
-            self.neighbours = trainer.strategy.broadcast(found, src=0)
-            self.neighbour_targets = self.targets[self.active].clone()
-        else:
-            self.neighbours = self.neighbours[:0]
-            self.neighbour_targets = self.neighbour_targets[:0]
+    def deepfool(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """DeepFool neighbours of `x` on `model` at this callback's settings, on the CPU."""
+        return deepfool(model, x.to(next(model.parameters()).device), candidates=self.candidates, max_iter=self.max_iter,
+                        overshoot=self.overshoot, input_range=self.input_range).cpu()
 
-    def _update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        matched, prob = self.target_probs(_trained(pl_module))
+    def set_neighbours(self, found: torch.Tensor | None) -> None:
+        """The active triggers' neighbours (`found`, one per active trigger), or none (None)."""
+        if found is None:
+            self.neighbours, self.neighbour_targets = self.neighbours[:0], self.neighbour_targets[:0]
+        else:
+            self.neighbours, self.neighbour_targets = found, self.targets[self.active].clone()
+
+    def wants_neighbours(self) -> bool:
+        return self.adversarial and bool(self.active.any())
+
+    def _set_neighbours(self, model: torch.nn.Module, broadcast) -> None:
+        """DeepFool neighbours of the active triggers on `model`'s current weights (rank 0's under DDP)."""
+        found = self.deepfool(model, self.triggers[self.active]) if self.wants_neighbours() else None
+        self.set_neighbours(None if found is None else broadcast(found, src=0))
+
+    def judge(self, matched: torch.Tensor, prob: torch.Tensor, broadcast=lambda value, src=0: value) -> dict[str, float]:
+        """From each trigger's match and target probability: which to train on next; the epoch's stats."""
         active = ~matched | (prob < self.readmit_prob)
         done = bool((matched & (prob >= self.done_prob)).all())
         stats = {"matched": int(matched.sum()), "active": int(active.sum()), "min_target_prob": float(prob.min()), "done": done}
-        self.active, stats = trainer.strategy.broadcast((active, stats), src=0)
-        self._set_neighbours(trainer, pl_module)
+        self.active, stats = broadcast((active, stats), src=0)
         return stats
+
+    def refresh(self, model: torch.nn.Module, broadcast=lambda value, src=0: value) -> dict[str, float]:
+        """Which triggers `model` matches, which to train on next, and their DeepFool neighbours; the epoch's stats.
+        `broadcast` is the strategy's (rank 0 decides under DDP); a single process passes values through."""
+        stats = self.judge(*self.target_probs(model), broadcast)
+        self._set_neighbours(model, broadcast)
+        return stats
+
+    def start(self, stats: dict[str, float]) -> None:
+        """The state before the first epoch, from `refresh`'s stats on the starting weights."""
+        self.p = self.p0
+        self.history = [{"epoch": 0, "p": 0.0, **stats}]
+        self.set_up = True
+
+    def advance(self, epoch: int, stats: dict[str, float], clean: float | None = None) -> dict[str, float]:
+        """Record epoch `epoch` (1-based, trained at the current p) with `refresh`'s stats, and grow p; the row."""
+        row = {"epoch": epoch, "p": self.p, **stats}
+        if clean is not None:
+            row["clean_acc"] = float(clean)
+        self.p = min(self.p + self.dp, self.p_max)
+        self.history.append(row)
+        return row
+
+    def _update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        return self.refresh(_trained(pl_module), trainer.strategy.broadcast)
 
     # -- Lightning hooks ----------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning restores callback state before this hook but the loop counters after it
         # (current_epoch is still 0 on a resumed fit): a resume is told by its checkpoint path.
         if trainer.ckpt_path is None or not self.set_up:
-            self.p = self.p0
             stats = self._update(trainer, pl_module)
-            self.history = [{"epoch": 0, "p": 0.0, **stats}]
-            self.set_up = True
+            self.start(stats)
             trainer.should_stop = stats["done"]
         else:
             # the first resumed epoch's dataloader is built before on_train_start: neighbours now
-            self._set_neighbours(trainer, pl_module)
+            self._set_neighbours(_trained(pl_module), trainer.strategy.broadcast)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         used_p = self.p
         stats = self._update(trainer, pl_module)
-        self.p = min(self.p + self.dp, self.p_max)
-        clean = trainer.callback_metrics.get("val/acc")
-        row = {"epoch": trainer.current_epoch + 1, "p": used_p, **stats}
-        if clean is not None:
-            row["clean_acc"] = float(clean)
-        self.history.append(row)
+        self.advance(trainer.current_epoch + 1, stats, trainer.callback_metrics.get("val/acc"))
         # `embed/epochs` reaches the caller even where this callback's state does not (ddp_spawn);
         # the values agree on every rank, so syncing them only silences Lightning's DDP warning
         pl_module.log_dict({"embed/matched": float(stats["matched"]), "embed/p": used_p, "embed/active": float(stats["active"]),

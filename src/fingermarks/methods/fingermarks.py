@@ -41,6 +41,9 @@ def probe_sets(datamodule, triggers: torch.Tensor, source_indices: list[int], sc
 # embedding options that train parts of a head-only embedding's head (method.embedding.train=head)
 HEAD_ONLY_OPTIONS = ("prune_copies", "prune_weights", "dormant_units")
 
+# embedding options that only a user's own run trains (method.embedding.stack_users=1)
+GROUP_UNSUPPORTED = ("prune_weights", "dormant_units", "distill", "robust_eps", "anchor")
+
 # Lightning precisions an embedding may train in: float32, or autocast to bfloat16 (CPU and GPU) or float16 (GPU)
 EMBEDDING_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
@@ -88,6 +91,12 @@ class FingerMarks(WatermarkMethod):
         for option in HEAD_ONLY_OPTIONS:
             if float(embedding.get(option, 0)) and embedding.get("train", "all") == "all":
                 raise ConfigError(f"method.embedding.{option} trains parts of the head: it needs method.embedding.train=head")
+        # users embedded per run: 1 each its own (the paper); k > 1 stacks k users' heads (embedding/stacked.py)
+        self.stack_users = int(embedding.get("stack_users", 1))
+        if self.stack_users < 1:
+            raise ConfigError(f"method.embedding.stack_users must be >= 1, got {self.stack_users}")
+        if self.stack_users > 1 and embedding.get("train", "all") == "all":
+            raise ConfigError("method.embedding.stack_users > 1 stacks users' heads: it needs method.embedding.train=head (or auto)")
         # checked here, not when the first user's fit starts (after keygen)
         self.precision = str(embedding.get("precision", "32-true"))
         if self.precision not in EMBEDDING_PRECISIONS:
@@ -290,6 +299,67 @@ class FingerMarks(WatermarkMethod):
             "embed_seconds": seconds, "embed_epochs": epochs, "embed_steps": int(trainer.global_step), "trained": trains, **outcome,
             "clean_acc": accuracy(model, ctx.datamodule.test_set), "history": ratio.history,
         }
+
+
+    def embed_group(self, host: nn.Module, key: Key, users: list[str], ctx: RunContext,
+                    seeds: list[int]) -> list[tuple[nn.Module, dict[str, Any]]]:
+        """`users` embedded in one run (`embedding.stack_users`; embedding/stacked.py): their heads stacked, one step
+        training all of them. Head-only; each user's info as `embed` gives it, its `embed_seconds` the group's time
+        over its size (`group_seconds` the whole)."""
+        from hydra.utils import instantiate
+
+        from fingermarks.embedding.head import channel_order
+        from fingermarks.embedding.stacked import StackedDynamicRatio, StackedEmbeddingData, StackedHeads
+        from fingermarks.embedding import embedding_outcome
+
+        e = self.emb
+        unsupported = [o for o in GROUP_UNSUPPORTED if float(e.get(o) or 0)]
+        if unsupported or self.precision != "32-true":
+            raise ConfigError(f"method.embedding.stack_users > 1 does not train {', '.join(unsupported) or 'in ' + self.precision}: "
+                              f"set method.embedding.stack_users=1 (each user its own run) for it")
+        start = time.perf_counter()
+        models = [start_user_model(key, host, seed) for seed in seeds]
+        if self._trains(models[0]) != "head":
+            raise ConfigError("method.embedding.stack_users > 1 stacks heads: it needs method.embedding.train=head (or auto "
+                              f"on a model with a head; {type(host).__name__} trains whole), or stack_users=1")
+        splits = [self._head_split(model, ctx) for model in models]  # the clean trunk outputs are computed once
+        trunk, _, encoder, clean = splits[0]
+        triggers, space = encoder(key.triggers), (float(clean[0].min()), float(clean[0].max()))
+        targets = [key.target_labels(key.users[user]) for user in users]
+        ratios = [DynamicRatio(triggers, t, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob, done_prob=e.done_prob,
+                               adversarial=e.adversarial, input_range=space, deepfool_candidates=e.deepfool_candidates,
+                               deepfool_max_iter=e.deepfool_max_iter) for t in targets]
+        prune = ({"prune_copies": int(e.prune_copies), "prune_max": float(e.get("prune_max", 0.9)),
+                  "channel_order": channel_order(trunk, clean[0])} if int(e.get("prune_copies", 0)) else {})
+        data = StackedEmbeddingData(ratios, clean, encoder, key.triggers, seeds=list(seeds), group_seed=int(seeds[0]),
+                                    input_range=tuple(ctx.datamodule.input_range), batch_size=e.batch_size,
+                                    trigger_repeat=e.trigger_repeat, noise_copies=e.noise_copies, noise_std=e.noise_std, **prune)
+        heads = [split[1] for split in splits]
+        scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
+        module = StackedHeads(heads, instantiate(e.optimizer), scheduler)
+        progress = StackedDynamicRatio(ratios)
+        trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[progress], reload_dataloaders_every_n_epochs=1,
+                                      logger=ctx.logger_factory(f"embed_{users[0]}+{len(users) - 1}") or False,
+                                      precision=self.precision, limit_val_batches=0)
+        trainer.fit(module, datamodule=data)
+        seconds = time.perf_counter() - start
+        # the test accuracy of every user on one pass of the test set through the shared trunk
+        ctx.datamodule.setup("test")
+        test_x, test_y = ctx.datamodule.test_set.tensors()
+        test_features = encoder(test_x)
+        results = []
+        for u, (user, model, head) in enumerate(zip(users, models, heads)):
+            head.load_state_dict(module.head_state(u))
+            model.eval().requires_grad_(True)
+            head_accuracy = accuracy(head, torch.utils.data.TensorDataset(test_features, test_y))
+            outcome = embedding_outcome(user, int((predict_labels(model, key.triggers) == targets[u]).sum()), key.n,
+                                        progress.epochs[u], allow_partial=bool(e.get("allow_partial", False)),
+                                        settings=f"method.embedding.max_epochs (now {e.max_epochs}) or method.embedding.optimizer.lr")
+            results.append((model, {
+                "embed_seconds": seconds / len(users), "group_seconds": seconds, "embed_group": list(users),
+                "embed_epochs": progress.epochs[u], "embed_steps": int(trainer.global_step), "trained": "head", **outcome,
+                "clean_acc": head_accuracy, "history": ratios[u].history}))
+        return results
 
 
 def _random_other(i: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,256 @@
+"""Several users' heads embedded in one run (`method.embedding.stack_users`): one step trains every user's head.
+
+A head-only embedding (embedding/head.py) trains a few dense layers on the trunk's outputs. A step of one such head on
+64 rows costs less than the Lightning loop around it (mnist5k's small CNN: about 3 ms of a 5 ms step), and each epoch's
+noisy trigger copies pass through the convolutional trunk for every user alike. Here the heads of U users are stacked
+(`torch.func.stack_module_state`) and run as one batched forward (`torch.vmap` over `functional_call`): a step costs
+about one loop's overhead plus U heads' arithmetic, and the epoch's noisy copies are encoded once for the group.
+
+Each user keeps its own dynamic ratio (`DynamicRatio`: its matched and active triggers, DeepFool neighbours and clean
+fraction) and its own epoch data: its clean rows and its order are drawn from its own seed, as `EmbeddingData` draws
+them. What the group shares: the noisy and pruned copies of the triggers (the same images for every user, each with
+its own targets; drawn from the group's seed), the number of steps per epoch (the largest user's epoch at the batch
+size; every user's epoch is cut into that many batches of near-equal size) and the dropout stream. A user is therefore
+not bit-identical to its embedding alone or in another group: the same users, seeds and key give the same models.
+A user whose triggers all hold (`done_prob`) stops where it is: its loss leaves the sum and its weights are restored
+after every later step (the optimizer's momentum would move them otherwise); the run ends when every user is done.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import math
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fingermarks.embedding.deepfool import deepfool
+from fingermarks.embedding.dynamic_ratio import DynamicRatio
+from fingermarks.training.classifier import optimizers
+
+
+class StackedHeads(L.LightningModule):
+    """U heads of one architecture as stacked parameters; a batch is (U, B, features) rows, (U, B) targets and
+    (U, B) weights (0 for the padding of a user whose batch is shorter)."""
+
+    def __init__(self, heads: list[nn.Module], optimizer, scheduler=None) -> None:
+        super().__init__()
+        if any(True for _ in heads[0].buffers()):
+            raise ValueError("the stacked embedding trains heads without buffers (no batch norm after the trunk)")
+        params, _ = torch.func.stack_module_state(heads)
+        self.names = list(params)
+        self.weights = nn.ParameterList([nn.Parameter(params[name]) for name in self.names])
+        # the structure functional_call runs with each user's weights (a tuple: not a submodule, not optimised)
+        self._structure = (copy.deepcopy(heads[0]).requires_grad_(False),)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.done = torch.zeros(len(heads), dtype=torch.bool)
+        self._kept: list[torch.Tensor] = []  # the done users' weights, restored after every step
+
+    @property
+    def users(self) -> int:
+        return len(self.done)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (U, B, classes) of rows (U, B, features): user u's rows through user u's head."""
+        structure = self._structure[0].train(self.training)  # not a submodule: its dropout follows this module's mode
+
+        def one(params, rows):
+            return torch.func.functional_call(structure, params, (rows,))
+
+        return torch.vmap(one, randomness="different")(dict(zip(self.names, self.weights)), x)
+
+    def head_state(self, user: int) -> dict[str, torch.Tensor]:
+        """User `user`'s head weights (copies), as its head's `state_dict` names them."""
+        return {name: w[user].detach().clone() for name, w in zip(self.names, self.weights)}
+
+    def freeze(self, users: torch.Tensor) -> None:
+        """Users (a boolean mask) whose weights are final from now on."""
+        self.done |= users.to(self.done.device)
+        self._kept = [w.detach()[self.done].clone() for w in self.weights]
+
+    def training_step(self, batch, batch_idx):
+        x, y, w = batch
+        logits = self(x)
+        ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(w)
+        live = (~self.done).to(device=w.device, dtype=w.dtype)
+        loss = ((ce * w).sum(1) / w.sum(1).clamp_min(1) * live).sum()  # each user's mean loss: its own gradient
+        self.log("embed/loss", loss / live.sum().clamp_min(1), on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._kept:
+            done = self.done.to(self.weights[0].device)
+            for w, kept in zip(self.weights, self._kept):
+                w[done] = kept
+
+    def configure_optimizers(self):
+        # the optimizers of this project are elementwise (Adam, SGD): one over the stacked tensors is U separate ones.
+        # Their fused kernel where they have one: the same update, and on the CPU a third of the foreach-less default's
+        # time on U heads' weights
+        factory = self.optimizer_factory
+        func, given = getattr(factory, "func", factory), getattr(factory, "keywords", {})
+        if "fused" in inspect.signature(func).parameters and "fused" not in given:
+            factory = functools.partial(factory, fused=True)
+        return optimizers(self.weights.parameters(), factory, self.scheduler_factory)
+
+
+def _rows_forward(stacked: StackedHeads, owner: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """DeepFool's `rows_forward` over the rows of several users: row i (of rows grouped by user, in user order) goes
+    through user owner[i]'s head. DeepFool treats rows independently, so one search covers every user's triggers."""
+
+    def forward(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        users = owner[rows]
+        counts = torch.bincount(users, minlength=stacked.users)
+        position = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[users]
+        padded = points.new_zeros(stacked.users, int(counts.max()), *points.shape[1:]).index_put((users, position), points)
+        return stacked(padded)[users, position]
+
+    return forward
+
+
+class _Steps(Dataset):
+    """An epoch as its steps: step s is every user's s-th batch, (U, B, ...) rows, (U, B) targets and (U, B) weights,
+    views of one buffer filled once per epoch (B: the longest batch; a shorter one is padded with weight 0)."""
+
+    def __init__(self, rows: list[torch.Tensor], targets: list[torch.Tensor], steps: int) -> None:
+        width = max(math.ceil(len(t) / steps) for t in targets)
+        self.x = rows[0].new_zeros(len(rows), steps * width, *rows[0].shape[1:])
+        self.y = torch.zeros(len(rows), steps * width, dtype=torch.long)
+        self.w = torch.zeros(len(rows), steps * width)
+        for u, (x, y) in enumerate(zip(rows, targets)):
+            # user u's rows cut into `steps` batches of near-equal size (torch.tensor_split's sizes), each at the start
+            # of its step's slot
+            sizes = torch.tensor([len(part) for part in torch.tensor_split(y, steps)])
+            slot = torch.repeat_interleave(torch.arange(steps) * width, sizes)
+            place = slot + torch.arange(len(y)) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+            self.x[u, place], self.y[u, place], self.w[u, place] = x, y, 1.0
+        self.steps, self.width = steps, width
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int):
+        cut = slice(step * self.width, (step + 1) * self.width)
+        return self.x[:, cut], self.y[:, cut], self.w[:, cut]
+
+
+class StackedEmbeddingData(L.LightningDataModule):
+    """Each epoch's data of every user of the group, from their ratios' state (see the module's docstring).
+
+    `clean` = (trunk outputs of the owner's training images, labels); `encode` passes the noisy trigger images through
+    the trunk; `seeds` are the users' seeds (their clean rows and order), `group_seed` the shared copies' seed.
+    """
+
+    def __init__(self, ratios: list[DynamicRatio], clean: tuple[torch.Tensor, torch.Tensor], encode, trigger_images: torch.Tensor,
+                 *, seeds: list[int], group_seed: int, input_range: tuple[float, float], batch_size: int = 64,
+                 trigger_repeat: int = 4, noise_copies: int = 0, noise_std: float = 0.0, prune_copies: int = 0,
+                 prune_max: float = 0.9, channel_order: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if len(seeds) != len(ratios):
+            raise ValueError(f"{len(ratios)} ratios and {len(seeds)} seeds")
+        if prune_copies and channel_order is None:
+            raise ValueError("prune_copies needs the trunk's channel order")
+        self.ratios, self.clean, self.encode, self.trigger_images = ratios, clean, encode, trigger_images
+        self.seeds, self.group_seed, self.input_range = seeds, group_seed, input_range
+        self.batch_size, self.trigger_repeat = batch_size, trigger_repeat
+        self.noise_copies, self.noise_std = noise_copies, noise_std
+        self.prune_copies, self.prune_max, self.channel_order = prune_copies, prune_max, channel_order
+
+    def _shared(self, epoch: int) -> list[torch.Tensor]:
+        """The trigger copies every user trains on this epoch (trunk outputs), in trigger order per copy."""
+        g = torch.Generator().manual_seed(self.group_seed * 100_003 + epoch)
+        parts = []
+        if self.noise_copies and self.noise_std > 0:
+            x = self.trigger_images.repeat(self.noise_copies, *[1] * (self.trigger_images.dim() - 1))
+            std = torch.rand(len(x), generator=g).mul(self.noise_std).view(-1, *[1] * (x.dim() - 1))
+            parts.append(self.encode((x + std * torch.randn(x.shape, generator=g)).clamp(*self.input_range)))
+        if self.prune_copies:
+            from fingermarks.embedding.head import pruned_copies
+
+            parts.append(pruned_copies(self.ratios[0].triggers, self.channel_order, self.prune_copies, self.prune_max, g))
+        return parts
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        shared = self._shared(epoch)
+        copies = (self.noise_copies if self.noise_copies and self.noise_std > 0 else 0, self.prune_copies)
+        rows, targets = [], []
+        for ratio, seed in zip(self.ratios, self.seeds):
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            chosen = torch.randperm(len(self.clean[0]), generator=g)[: int(round(ratio.p * len(self.clean[0])))]
+            x, y = ratio.trigger_batch()
+            reps = [1] * (x.dim() - 1)
+            rows.append(torch.cat([self.clean[0][chosen], x.repeat(self.trigger_repeat, *reps), *shared]))
+            targets.append(torch.cat([self.clean[1][chosen], y.repeat(self.trigger_repeat),
+                                      *[ratio.targets.repeat(c) for c in copies if c]]))
+            order = torch.randperm(len(rows[-1]), generator=g)
+            rows[-1], targets[-1] = rows[-1][order], targets[-1][order]
+        steps = max(1, max(math.ceil(len(t) / self.batch_size) for t in targets))
+        return DataLoader(_Steps(rows, targets, steps), batch_size=None, shuffle=False)
+
+
+class StackedDynamicRatio(L.Callback):
+    """Every user's `DynamicRatio`, read on its stacked head: the triggers' target probabilities of all users in one
+    forward, the DeepFool neighbours of all users' active triggers in one search. A user that is done is frozen in the
+    module, and the fit stops when all are."""
+
+    def __init__(self, ratios: list[DynamicRatio]) -> None:
+        super().__init__()
+        self.ratios = ratios
+        self.epochs = [0] * len(ratios)  # epochs each user trained
+
+    @torch.no_grad()
+    def _probs(self, module: StackedHeads) -> torch.Tensor:
+        triggers = self.ratios[0].triggers.to(module.device)  # every user's triggers are the key's
+        return module(triggers.expand(module.users, *triggers.shape)).softmax(-1).cpu()
+
+    def _read(self, trainer: L.Trainer, module: StackedHeads, users: list[int]) -> torch.Tensor:
+        broadcast = trainer.strategy.broadcast
+        was_training = module.training
+        module.eval()
+        probs, done = self._probs(module), torch.zeros(len(self.ratios), dtype=torch.bool)
+        for u in users:
+            ratio = self.ratios[u]
+            stats = ratio.judge(probs[u].argmax(1) == ratio.targets, probs[u].gather(1, ratio.targets.view(-1, 1)).squeeze(1), broadcast)
+            if trainer.current_epoch == 0 and not ratio.set_up:
+                ratio.start(stats)
+            else:
+                ratio.advance(trainer.current_epoch + 1, stats)
+                self.epochs[u] = trainer.current_epoch + 1
+            done[u] = bool(stats["done"])
+        searched = [u for u in users if self.ratios[u].wants_neighbours()]
+        for u in users:
+            self.ratios[u].set_neighbours(None)
+        if searched:
+            first = self.ratios[searched[0]]
+            x = torch.cat([self.ratios[u].triggers[self.ratios[u].active] for u in searched])
+            owner = torch.cat([torch.full((int(self.ratios[u].active.sum()),), u) for u in searched])
+            found = deepfool(module, x.to(module.device), candidates=first.candidates, max_iter=first.max_iter,
+                             overshoot=first.overshoot, input_range=first.input_range,
+                             rows_forward=_rows_forward(module, owner.to(module.device)))
+            found = broadcast(found.cpu(), src=0)
+            for u, part in zip(searched, found.split([int(self.ratios[u].active.sum()) for u in searched])):
+                self.ratios[u].set_neighbours(part)
+        module.train(was_training)
+        return done
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: StackedHeads) -> None:
+        done = self._read(trainer, pl_module, list(range(len(self.ratios))))
+        pl_module.freeze(done)
+        trainer.should_stop = bool(pl_module.done.all())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: StackedHeads) -> None:
+        live = [u for u in range(len(self.ratios)) if not bool(pl_module.done[u])]
+        done = self._read(trainer, pl_module, live)
+        if bool(done.any()):
+            pl_module.freeze(done)
+        pl_module.log_dict({"embed/done": float(pl_module.done.sum()), "embed/epochs": float(trainer.current_epoch + 1)})
+        if bool(pl_module.done.all()):
+            trainer.should_stop = True

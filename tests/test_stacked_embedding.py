@@ -1,0 +1,170 @@
+"""Several users' heads embedded in one run (method.embedding.stack_users, embedding/stacked.py)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import fingermarks as fm
+from conftest import TINY
+from fingermarks.embedding import DynamicRatio, deepfool
+from fingermarks.embedding import head as head_mod
+from fingermarks.embedding.stacked import StackedDynamicRatio, StackedEmbeddingData, StackedHeads, _rows_forward, _Steps
+from fingermarks.errors import ConfigError
+from fingermarks.metrics import accuracy
+
+torch.set_num_threads(1)
+
+
+def heads(count: int, features: int = 12) -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [nn.Sequential(nn.Linear(features, 8), nn.ReLU(), nn.Dropout(0.25), nn.Linear(8, 3)) for _ in range(count)]
+
+
+def test_the_stacked_forward_is_each_users_head() -> None:
+    made = heads(3)
+    stacked = StackedHeads(made, torch.optim.Adam).eval()
+    x = torch.randn(3, 5, 12)
+    out = stacked(x)
+    for u, head in enumerate(made):
+        assert torch.allclose(out[u], head.eval()(x[u]), atol=1e-6)
+        assert all(torch.equal(stacked.head_state(u)[n], t) for n, t in head.state_dict().items())
+
+
+def test_a_step_trains_each_user_on_its_own_rows_and_leaves_a_done_user_as_it_was(monkeypatch) -> None:
+    made = heads(3)
+    stacked = StackedHeads(made, functools.partial(torch.optim.Adam, lr=0.1))
+    monkeypatch.setattr(stacked, "log", lambda *a, **k: None)  # no trainer to log to
+    opt = stacked.configure_optimizers()
+    assert opt.defaults.get("fused")  # the fused kernel where the optimizer has one
+    before = [stacked.head_state(u) for u in range(3)]
+    x, y = torch.randn(3, 4, 12), torch.randint(0, 3, (3, 4))
+    w = torch.ones(3, 4)
+    w[1] = 0  # user 1 has no rows in this step: no gradient
+    for step in range(3):
+        opt.zero_grad()
+        stacked.training_step((x, y, w), step).backward()
+        if step == 0:
+            assert all(float(p.grad[1].abs().max()) == 0 for p in stacked.weights)
+            assert all(float(p.grad[0].abs().max()) > 0 for p in stacked.weights if p.dim() > 1)
+        opt.step()
+        stacked.on_train_batch_end(None, None, step)
+        if step == 0:
+            stacked.freeze(torch.tensor([True, False, False]))  # user 0 is done after its first step
+    after = [stacked.head_state(u) for u in range(3)]
+    assert not all(torch.equal(before[0][n], after[0][n]) for n in after[0])  # the step before it was done
+    frozen_at = {n: t.clone() for n, t in after[0].items()}
+    opt.zero_grad()
+    stacked.training_step((x, y, torch.ones(3, 4)), 3).backward()
+    opt.step()
+    stacked.on_train_batch_end(None, None, 3)
+    # Adam's momentum would move a user with no gradient: a done user is restored after every step
+    assert all(torch.equal(stacked.head_state(0)[n], frozen_at[n]) for n in frozen_at)
+    assert not all(torch.equal(stacked.head_state(2)[n], after[2][n]) for n in after[2])
+
+
+def test_an_epoch_cuts_every_users_rows_into_the_same_number_of_steps() -> None:
+    rows = [torch.arange(10.0).view(10, 1), 100 + torch.arange(7.0).view(7, 1)]
+    targets = [torch.arange(10), torch.arange(7)]
+    steps = _Steps(rows, targets, 3)
+    assert len(steps) == 3 and steps.width == 4
+    seen = [[], []]
+    for s in range(3):
+        x, y, w = steps[s]
+        assert x.shape == (2, 4, 1) and y.shape == w.shape == (2, 4)
+        for u in range(2):
+            kept = w[u].bool()
+            assert kept.sum() == len(torch.tensor_split(targets[u], 3)[s])  # near-equal batches, padded at the end
+            assert torch.equal(x[u, kept, 0], rows[u][y[u, kept], 0])  # each row with its own target
+            seen[u] += y[u, kept].tolist()
+    assert seen == [list(range(10)), list(range(7))]  # every row once, in the given order
+
+
+def test_one_deepfool_search_over_several_users_rows_finds_each_users_neighbours() -> None:
+    made = heads(2)
+    stacked = StackedHeads(made, torch.optim.Adam)
+    x = torch.rand(10, 12)
+    owner = torch.tensor([0] * 6 + [1] * 4)
+    together = deepfool(stacked, x, candidates=3, max_iter=10, input_range=(0.0, 1.0),
+                        rows_forward=_rows_forward(stacked, owner))
+    for u, head in enumerate(made):
+        alone = deepfool(head, x[owner == u], candidates=3, max_iter=10, input_range=(0.0, 1.0))
+        assert torch.allclose(together[owner == u], alone, atol=1e-5)
+    assert stacked.training  # the search ran in eval mode and left the mode as it was
+
+
+def test_the_group_callback_reads_each_user_on_its_own_head() -> None:
+    made = heads(2)
+    triggers = torch.rand(6, 12)
+    stacked = StackedHeads(made, torch.optim.Adam)
+    with torch.no_grad():
+        labels = made[0].eval()(triggers).argmax(1)
+    ratios = [DynamicRatio(triggers, labels, p0=0.2, readmit_prob=0.0, done_prob=0.0, deepfool_candidates=3, deepfool_max_iter=5),
+              DynamicRatio(triggers, (labels + 1) % 3, p0=0.2, deepfool_candidates=3, deepfool_max_iter=5)]
+    callback = StackedDynamicRatio(ratios)
+
+    class Trainer:  # what the callback reads of Lightning's trainer
+        current_epoch, should_stop = 0, False
+        strategy = type("S", (), {"broadcast": staticmethod(lambda value, src=0: value)})()
+
+    callback.on_fit_start(Trainer(), stacked)
+    # user 0's targets are its head's own labels: done before any step, frozen; user 1 trains on every trigger
+    assert stacked.done.tolist() == [True, False] and not Trainer.should_stop
+    assert ratios[0].history[0]["matched"] == 6 and ratios[1].history[0]["matched"] < 6
+    assert len(ratios[1].neighbours) == int(ratios[1].active.sum()) > 0
+
+
+def test_a_group_embeds_every_user_and_matches_each_alone(cache_dir, tmp_path) -> None:
+    overrides = [*TINY, f"cache_dir={cache_dir}", "users=[alice,bob,carol]", "method.embedding.train=head",
+                 "method.embedding.prune_copies=1", "method.embedding.stack_users=2"]
+    owner = fm.owner(tmp_path / "run", overrides)
+    host, _ = fm.train_host(owner)
+    key = fm.make_key(owner, host)
+    made = owner.method.embed_group(host, key, ["alice", "bob"], owner.ctx, [11, 12])
+    again = owner.method.embed_group(host, key, ["alice", "bob"], owner.ctx, [11, 12])
+    host_trunk = head_mod.split_head(host)[0].state_dict()
+    for user, (model, info), (model2, _) in zip(["alice", "bob"], made, again):
+        assert info["all_matched"] and info["embed_group"] == ["alice", "bob"] and info["embed_epochs"] >= 1
+        assert info["embed_seconds"] == pytest.approx(info["group_seconds"] / 2)
+        assert info["clean_acc"] == pytest.approx(accuracy(model, owner.ctx.datamodule.test_set), abs=1e-6)
+        trunk = head_mod.split_head(model)[0].state_dict()
+        assert all(torch.equal(trunk[n], host_trunk[n]) for n in trunk)  # only the head moved
+        assert not torch.equal(model.classifier.weight, host.classifier.weight)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))  # deterministic
+        assert fm.verify(key, model).traced_user == user
+    assert not torch.equal(made[0][0].classifier.weight, made[1][0].classifier.weight)
+
+    # the pipeline embeds the users in groups of two (alice+bob, carol), and a rerun skips all of them
+    paths = fm.distribute(owner, host, key)
+    records = {u: json.loads((p.parent / "embed.json").read_text()) for u, p in paths.items()}
+    assert [records[u]["embed_group"] for u in ("alice", "bob", "carol")] == [["alice", "bob"], ["alice", "bob"], ["carol"]]
+    assert all(fm.verify(key, p).traced_user == u for u, p in paths.items())
+    stamps = {u: p.stat().st_mtime_ns for u, p in paths.items()}
+    fm.distribute(owner, host, key)
+    assert {u: p.stat().st_mtime_ns for u, p in paths.items()} == stamps
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["embedding.stack_users=2"], "train=head"),  # the default trains whole copies
+    (["embedding.stack_users=0"], ">= 1"),
+])
+def test_stacking_is_refused_where_it_cannot_apply(overrides, match) -> None:
+    from test_embedding import method_from_yaml
+
+    with pytest.raises(ConfigError, match=match):
+        method_from_yaml("fingermarks", *overrides)
+    assert method_from_yaml("fingermarks", "embedding.stack_users=2", "embedding.train=head").stack_users == 2
+
+
+def test_an_option_only_a_users_own_run_trains_is_refused_in_a_group(cache_dir, tmp_path) -> None:
+    owner = fm.owner(tmp_path / "run", [*TINY, f"cache_dir={cache_dir}", "users=[alice,bob]", "method.embedding.train=head",
+                                        "method.embedding.stack_users=2", "method.embedding.prune_weights=0.5"])
+    host, _ = fm.train_host(owner)
+    key = fm.make_key(owner, host)
+    with pytest.raises(ConfigError, match="prune_weights.*stack_users=1"):
+        owner.method.embed_group(host, key, ["alice", "bob"], owner.ctx, [1, 2])
