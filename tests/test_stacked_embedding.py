@@ -34,6 +34,8 @@ def test_the_stacked_forward_is_each_users_head() -> None:
     for u, head in enumerate(made):
         assert torch.allclose(out[u], head.eval()(x[u]), atol=1e-6)
         assert all(torch.equal(stacked.head_state(u)[n], t) for n, t in head.state_dict().items())
+    # with `users`, row block i goes through user users[i]'s head
+    assert torch.allclose(stacked(x[:2], torch.tensor([2, 0])), torch.stack([made[2](x[0]), made[0](x[1])]), atol=1e-6)
 
 
 def test_a_step_trains_each_user_on_its_own_rows_and_leaves_a_done_user_as_it_was(monkeypatch) -> None:
@@ -46,9 +48,10 @@ def test_a_step_trains_each_user_on_its_own_rows_and_leaves_a_done_user_as_it_wa
     x, y = torch.randn(3, 4, 12), torch.randint(0, 3, (3, 4))
     w = torch.ones(3, 4)
     w[1] = 0  # user 1 has no rows in this step: no gradient
+    everyone = torch.arange(3)
     for step in range(3):
         opt.zero_grad()
-        stacked.training_step((x, y, w), step).backward()
+        stacked.training_step((x, y, w, everyone), step).backward()
         if step == 0:
             assert all(float(p.grad[1].abs().max()) == 0 for p in stacked.weights)
             assert all(float(p.grad[0].abs().max()) > 0 for p in stacked.weights if p.dim() > 1)
@@ -60,7 +63,8 @@ def test_a_step_trains_each_user_on_its_own_rows_and_leaves_a_done_user_as_it_wa
     assert not all(torch.equal(before[0][n], after[0][n]) for n in after[0])  # the step before it was done
     frozen_at = {n: t.clone() for n, t in after[0].items()}
     opt.zero_grad()
-    stacked.training_step((x, y, torch.ones(3, 4)), 3).backward()
+    stacked.training_step((x[1:], y[1:], torch.ones(2, 4), torch.tensor([1, 2])), 3).backward()  # user 0 left the epoch
+    assert all(float(p.grad[0].abs().max()) == 0 for p in stacked.weights)
     opt.step()
     stacked.on_train_batch_end(None, None, 3)
     # Adam's momentum would move a user with no gradient: a done user is restored after every step
@@ -71,11 +75,12 @@ def test_a_step_trains_each_user_on_its_own_rows_and_leaves_a_done_user_as_it_wa
 def test_an_epoch_cuts_every_users_rows_into_the_same_number_of_steps() -> None:
     rows = [torch.arange(10.0).view(10, 1), 100 + torch.arange(7.0).view(7, 1)]
     targets = [torch.arange(10), torch.arange(7)]
-    steps = _Steps(rows, targets, 3)
+    steps = _Steps(rows, targets, 3, torch.tensor([0, 2]))
     assert len(steps) == 3 and steps.width == 4
     seen = [[], []]
     for s in range(3):
-        x, y, w = steps[s]
+        x, y, w, users = steps[s]
+        assert users.tolist() == [0, 2]
         assert x.shape == (2, 4, 1) and y.shape == w.shape == (2, 4)
         for u in range(2):
             kept = w[u].bool()

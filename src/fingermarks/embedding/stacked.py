@@ -12,8 +12,9 @@ them. What the group shares: the noisy and pruned copies of the triggers (the sa
 its own targets; drawn from the group's seed), the number of steps per epoch (the largest user's epoch at the batch
 size; every user's epoch is cut into that many batches of near-equal size) and the dropout stream. A user is therefore
 not bit-identical to its embedding alone or in another group: the same users, seeds and key give the same models.
-A user whose triggers all hold (`done_prob`) stops where it is: its loss leaves the sum and its weights are restored
-after every later step (the optimizer's momentum would move them otherwise); the run ends when every user is done.
+A user whose triggers all hold (`done_prob`) stops where it is: its rows leave the epoch (its head is not run) and its
+weights are restored after every later step (the optimizer's momentum would move them otherwise); the run ends when
+every user is done.
 """
 
 from __future__ import annotations
@@ -56,14 +57,16 @@ class StackedHeads(L.LightningModule):
     def users(self) -> int:
         return len(self.done)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (U, B, classes) of rows (U, B, features): user u's rows through user u's head."""
+    def forward(self, x: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (U, B, classes) of rows (U, B, features): user u's rows through user u's head; with `users` (indices),
+        x[i] goes through user users[i]'s head (the others cost nothing)."""
         structure = self._structure[0].train(self.training)  # not a submodule: its dropout follows this module's mode
+        weights = self.weights if users is None else [w.index_select(0, users) for w in self.weights]
 
         def one(params, rows):
             return torch.func.functional_call(structure, params, (rows,))
 
-        return torch.vmap(one, randomness="different")(dict(zip(self.names, self.weights)), x)
+        return torch.vmap(one, randomness="different")(dict(zip(self.names, weights)), x)
 
     def head_state(self, user: int) -> dict[str, torch.Tensor]:
         """User `user`'s head weights (copies), as its head's `state_dict` names them."""
@@ -75,13 +78,12 @@ class StackedHeads(L.LightningModule):
         self._kept = [w.detach()[self.done].clone() for w in self.weights]
 
     def training_step(self, batch, batch_idx):
-        x, y, w = batch
-        logits = self(x)
+        x, y, w, users = batch  # the rows of the users still training (`users`), in that order
+        logits = self(x, users)
         ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(w)
-        live = (~self.done).to(device=w.device, dtype=w.dtype)
-        loss = ((ce * w).sum(1) / w.sum(1).clamp_min(1) * live).sum()  # each user's mean loss: its own gradient
-        self.log("embed/loss", loss / live.sum().clamp_min(1), on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        losses = (ce * w).sum(1) / w.sum(1).clamp_min(1)  # each user's mean loss: its own gradient
+        self.log("embed/loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True)
+        return losses.sum()
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -116,10 +118,11 @@ def _rows_forward(stacked: StackedHeads, owner: torch.Tensor) -> Callable[[torch
 
 
 class _Steps(Dataset):
-    """An epoch as its steps: step s is every user's s-th batch, (U, B, ...) rows, (U, B) targets and (U, B) weights,
-    views of one buffer filled once per epoch (B: the longest batch; a shorter one is padded with weight 0)."""
+    """An epoch as its steps: step s is every training user's s-th batch, (U, B, ...) rows, (U, B) targets and (U, B)
+    weights, views of one buffer filled once per epoch (B: the longest batch; a shorter one is padded with weight 0),
+    and the users' indices in the group."""
 
-    def __init__(self, rows: list[torch.Tensor], targets: list[torch.Tensor], steps: int) -> None:
+    def __init__(self, rows: list[torch.Tensor], targets: list[torch.Tensor], steps: int, users: torch.Tensor) -> None:
         width = max(math.ceil(len(t) / steps) for t in targets)
         self.x = rows[0].new_zeros(len(rows), steps * width, *rows[0].shape[1:])
         self.y = torch.zeros(len(rows), steps * width, dtype=torch.long)
@@ -131,14 +134,14 @@ class _Steps(Dataset):
             slot = torch.repeat_interleave(torch.arange(steps) * width, sizes)
             place = slot + torch.arange(len(y)) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
             self.x[u, place], self.y[u, place], self.w[u, place] = x, y, 1.0
-        self.steps, self.width = steps, width
+        self.steps, self.width, self.users = steps, width, users
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, step: int):
         cut = slice(step * self.width, (step + 1) * self.width)
-        return self.x[:, cut], self.y[:, cut], self.w[:, cut]
+        return self.x[:, cut], self.y[:, cut], self.w[:, cut], self.users
 
 
 class StackedEmbeddingData(L.LightningDataModule):
@@ -181,8 +184,11 @@ class StackedEmbeddingData(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         shared = self._shared(epoch)
         copies = (self.noise_copies if self.noise_copies and self.noise_std > 0 else 0, self.prune_copies)
+        # the users still training: a done user's weights are final, its rows would cost a forward and a backward
+        done = self.trainer.lightning_module.done if self.trainer is not None else torch.zeros(len(self.ratios), dtype=torch.bool)
+        users = (~done).nonzero().flatten()
         rows, targets = [], []
-        for ratio, seed in zip(self.ratios, self.seeds):
+        for ratio, seed in ((self.ratios[u], self.seeds[u]) for u in users.tolist()):
             g = torch.Generator().manual_seed(seed * 100_003 + epoch)
             chosen = torch.randperm(len(self.clean[0]), generator=g)[: int(round(ratio.p * len(self.clean[0])))]
             x, y = ratio.trigger_batch()
@@ -193,7 +199,7 @@ class StackedEmbeddingData(L.LightningDataModule):
             order = torch.randperm(len(rows[-1]), generator=g)
             rows[-1], targets[-1] = rows[-1][order], targets[-1][order]
         steps = max(1, max(math.ceil(len(t) / self.batch_size) for t in targets))
-        return DataLoader(_Steps(rows, targets, steps), batch_size=None, shuffle=False)
+        return DataLoader(_Steps(rows, targets, steps, users), batch_size=None, shuffle=False)
 
 
 class StackedDynamicRatio(L.Callback):
