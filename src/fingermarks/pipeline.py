@@ -204,7 +204,9 @@ def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: 
         embedded += 1
         left = len(users) - k
         eta = f", about {(time.perf_counter() - start) / embedded * left:.0f}s left" if left and not from_cache else ""
-        how = "from the cache" if from_cache else f"embedded in {info['embed_seconds']:.1f}s, {info['embed_epochs']} epochs"
+        group = len(info.get("embed_group") or [])
+        how = ("from the cache" if from_cache else f"embedded in {info['embed_seconds']:.1f}s, {info['embed_epochs']} epochs"
+               + (f" (a group of {group} in {info['group_seconds']:.1f}s)" if group > 1 else ""))
         quiet.step(f"{user}: {how}, test acc {info['clean_acc']:.4f}{eta}", "users", k, len(users))
     return infos, models
 
