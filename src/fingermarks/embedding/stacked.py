@@ -61,7 +61,8 @@ class StackedHeads(L.LightningModule):
         """Logits (U, B, classes) of rows (U, B, features): user u's rows through user u's head; with `users` (indices),
         x[i] goes through user users[i]'s head (the others cost nothing)."""
         structure = self._structure[0].train(self.training)  # not a submodule: its dropout follows this module's mode
-        weights = self.weights if users is None else [w.index_select(0, users) for w in self.weights]
+        everyone = users is None or (len(users) == self.users and bool((users == torch.arange(self.users, device=users.device)).all()))
+        weights = self.weights if everyone else [w.index_select(0, users) for w in self.weights]
 
         def one(params, rows):
             return torch.func.functional_call(structure, params, (rows,))
