@@ -1,16 +1,19 @@
 """Several users' heads embedded in one run (`method.embedding.stack_users`): one step trains every user's head.
 
 A head-only embedding (embedding/head.py) trains a few dense layers on the trunk's outputs. A step of one such head on
-64 rows costs less than the Lightning loop around it (mnist5k's small CNN: about 3 ms of a 5 ms step), and each epoch's
-noisy trigger copies pass through the convolutional trunk for every user alike. Here the heads of U users are stacked
-(`torch.func.stack_module_state`) and run as one batched forward (`torch.vmap` over `functional_call`): a step costs
-about one loop's overhead plus U heads' arithmetic, and the epoch's noisy copies are encoded once for the group.
+64 rows is a few milliseconds of arithmetic, and each user adds to it alike: Lightning's loop around every step, each
+epoch's noisy trigger copies through the convolutional trunk, a DeepFool search per epoch. Here the heads of U users are
+stacked (`torch.func.stack_module_state`) and run as one batched forward (`torch.vmap` over `functional_call`): a step
+costs one loop's overhead plus U heads' arithmetic, the epoch's noisy copies are encoded once for the group, and one
+DeepFool search covers every user (README "Stacked head embedding": on the idle CPU about what the users cost alone,
+less on a loaded one).
 
 Each user keeps its own dynamic ratio (`DynamicRatio`: its matched and active triggers, DeepFool neighbours and clean
 fraction) and its own epoch data: its clean rows and its order are drawn from its own seed, as `EmbeddingData` draws
 them. What the group shares: the noisy and pruned copies of the triggers (the same images for every user, each with
-its own targets; drawn from the group's seed), the number of steps per epoch (the largest user's epoch at the batch
-size; every user's epoch is cut into that many batches of near-equal size) and the dropout stream. A user is therefore
+its own targets; drawn from the group's seed), the number of steps per epoch (the largest epoch among the users still
+training, at the batch size; every user's epoch is cut into that many batches of near-equal size) and the dropout
+stream. A user is therefore
 not bit-identical to its embedding alone or in another group: the same users, seeds and key give the same models.
 A user whose triggers all hold (`done_prob`) stops where it is: its rows leave the epoch (its head is not run) and its
 weights are restored after every later step (the optimizer's momentum would move them otherwise); the run ends when
