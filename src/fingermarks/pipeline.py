@@ -164,8 +164,10 @@ def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: 
     # embedding.stack_users > 1: the users still to embed go in groups of that many, one run each (embedding/stacked.py);
     # a group is embedded when its first user is made, and its other users taken from what it made
     stack = int(getattr(method, "stack_users", 1))
-    todo = [user for user in users if _embedded_before(ctx.output_dir / "users" / user, key_id) is None]
-    group_of = {user: todo[i - i % stack: i - i % stack + stack] for i, user in enumerate(todo)} if stack > 1 else {}
+    group_of = {}
+    if stack > 1:
+        todo = [user for user in users if _embedded_before(ctx.output_dir / "users" / user, key_id) is None]
+        group_of = {user: todo[i - i % stack: i - i % stack + stack] for i, user in enumerate(todo)}
     made_with_group: dict[str, tuple] = {}
     for k, user in enumerate(users, 1):
         folder = ctx.output_dir / "users" / user

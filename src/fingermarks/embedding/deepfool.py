@@ -44,7 +44,7 @@ def deepfool(
         active = out.argmax(1) == orig[searching]
         if not bool(active.any()):
             break
-        searching, xi, out = searching[active], xi, out[active]
+        searching, out = searching[active], out[active]
         rows = classes[searching]
         f0 = out.gather(1, rows[:, :1]).squeeze(1)
         g0 = torch.autograd.grad(f0.sum(), xi, retain_graph=True)[0][active]

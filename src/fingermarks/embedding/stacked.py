@@ -132,12 +132,10 @@ class _Steps(Dataset):
         self.y = torch.zeros(len(rows), steps * width, dtype=torch.long)
         self.w = torch.zeros(len(rows), steps * width)
         for u, (x, y) in enumerate(zip(rows, targets)):
-            # user u's rows cut into `steps` batches of near-equal size (torch.tensor_split's sizes), each at the start
-            # of its step's slot
-            sizes = torch.tensor([len(part) for part in torch.tensor_split(y, steps)])
-            slot = torch.repeat_interleave(torch.arange(steps) * width, sizes)
-            place = slot + torch.arange(len(y)) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
-            self.x[u, place], self.y[u, place], self.w[u, place] = x, y, 1.0
+            # user u's rows cut into `steps` batches of near-equal size, each at the start of its step's slot
+            for s, (xs, ys) in enumerate(zip(torch.tensor_split(x, steps), torch.tensor_split(y, steps))):
+                at = slice(s * width, s * width + len(ys))
+                self.x[u, at], self.y[u, at], self.w[u, at] = xs, ys, 1.0
         self.steps, self.width, self.users = steps, width, users
 
     def __len__(self) -> int:
@@ -240,13 +238,14 @@ class StackedDynamicRatio(L.Callback):
             self.ratios[u].set_neighbours(None)
         if searched:
             first = self.ratios[searched[0]]
+            counts = [int(self.ratios[u].active.sum()) for u in searched]
             x = torch.cat([self.ratios[u].triggers[self.ratios[u].active] for u in searched])
-            owner = torch.cat([torch.full((int(self.ratios[u].active.sum()),), u) for u in searched])
+            owner = torch.repeat_interleave(torch.tensor(searched), torch.tensor(counts))
             found = deepfool(module, x.to(module.device), candidates=first.candidates, max_iter=first.max_iter,
                              overshoot=first.overshoot, input_range=first.input_range,
                              rows_forward=_rows_forward(module, owner.to(module.device)))
             found = broadcast(found.cpu(), src=0)
-            for u, part in zip(searched, found.split([int(self.ratios[u].active.sum()) for u in searched])):
+            for u, part in zip(searched, found.split(counts)):
                 self.ratios[u].set_neighbours(part)
         module.train(was_training)
         return done

@@ -229,6 +229,22 @@ class FingerMarks(WatermarkMethod):
         return (clean[0], triggers, dormant_units(split[1], clean[0], count), float(self.emb.get("dormant_weight", 1.0)),
                 float(self.emb.get("dormant_margin", 1.0)))
 
+    def _ratio(self, triggers: torch.Tensor, targets: torch.Tensor, space: tuple[float, float]) -> DynamicRatio:
+        """A user's dynamic-ratio state at this config's settings, over `triggers` (images or trunk outputs) in `space`."""
+        e = self.emb
+        return DynamicRatio(triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
+                            done_prob=e.done_prob, adversarial=e.adversarial, input_range=space,
+                            deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
+
+    def _pruned_copies(self, trunk: nn.Module, clean: tuple) -> dict[str, Any]:
+        """The embedding data's pruned-copy settings (`embedding.prune_copies`), with the trunk's channel order; none when off."""
+        if not int(self.emb.get("prune_copies", 0)):
+            return {}
+        from fingermarks.embedding.head import channel_order
+
+        return {"prune_copies": int(self.emb.prune_copies), "prune_max": float(self.emb.get("prune_max", 0.9)),
+                "channel_order": channel_order(trunk, clean[0])}
+
     def _trains(self, model: nn.Module) -> str:
         """`all` or `head`: what `embedding.train` asks of this architecture (`auto`: head where it applies)."""
         from fingermarks.embedding.head import head_applies
@@ -250,18 +266,11 @@ class FingerMarks(WatermarkMethod):
             # by the range the trunk's outputs take on the clean images
             trunk, head, encoder, clean = self._head_split(model, ctx)
             triggers, space, split = encoder(key.triggers), (float(clean[0].min()), float(clean[0].max())), (trunk, head)
-            head_data = {"encode": encoder, "clean": clean, "trigger_images": key.triggers}
-            if int(e.get("prune_copies", 0)):
-                from fingermarks.embedding.head import channel_order
-
-                head_data |= {"prune_copies": int(e.prune_copies), "prune_max": float(e.get("prune_max", 0.9)),
-                              "channel_order": channel_order(trunk, clean[0])}
+            head_data = {"encode": encoder, "clean": clean, "trigger_images": key.triggers, **self._pruned_copies(trunk, clean)}
         elif any(float(e.get(option, 0)) for option in HEAD_ONLY_OPTIONS):  # train=auto on a model without a head
             raise ConfigError(f"method.embedding.{' / '.join(HEAD_ONLY_OPTIONS)} train parts of the head, and "
                               f"{type(model).__name__} trains whole: use method.embedding.train=all without them")
-        ratio = DynamicRatio(triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
-                             done_prob=e.done_prob, adversarial=e.adversarial, input_range=space,
-                             deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
+        ratio = self._ratio(triggers, targets, space)
         distill = float(e.get("distill", 0.0))
         if distill > 0:
             head_data |= self._teacher(host, ctx, head_data.get("clean"))
@@ -300,7 +309,6 @@ class FingerMarks(WatermarkMethod):
             "clean_acc": accuracy(model, ctx.datamodule.test_set), "history": ratio.history,
         }
 
-
     def embed_group(self, host: nn.Module, key: Key, users: list[str], ctx: RunContext,
                     seeds: list[int]) -> list[tuple[nn.Module, dict[str, Any]]]:
         """`users` embedded in one run (`embedding.stack_users`; embedding/stacked.py): their heads stacked, one step
@@ -308,7 +316,6 @@ class FingerMarks(WatermarkMethod):
         over its size (`group_seconds` the whole)."""
         from hydra.utils import instantiate
 
-        from fingermarks.embedding.head import channel_order
         from fingermarks.embedding.stacked import StackedDynamicRatio, StackedEmbeddingData, StackedHeads
         from fingermarks.embedding import embedding_outcome
 
@@ -317,23 +324,20 @@ class FingerMarks(WatermarkMethod):
         if unsupported or self.precision != "32-true":
             raise ConfigError(f"method.embedding.stack_users > 1 does not train {', '.join(unsupported) or 'in ' + self.precision}: "
                               f"set method.embedding.stack_users=1 (each user its own run) for it")
-        start = time.perf_counter()
-        models = [start_user_model(key, host, seed) for seed in seeds]
-        if self._trains(models[0]) != "head":
+        if self._trains(host) != "head":
             raise ConfigError("method.embedding.stack_users > 1 stacks heads: it needs method.embedding.train=head (or auto "
                               f"on a model with a head; {type(host).__name__} trains whole), or stack_users=1")
+        start = time.perf_counter()
+        models = [start_user_model(key, host, seed) for seed in seeds]
         splits = [self._head_split(model, ctx) for model in models]  # the clean trunk outputs are computed once
         trunk, _, encoder, clean = splits[0]
         triggers, space = encoder(key.triggers), (float(clean[0].min()), float(clean[0].max()))
         targets = [key.target_labels(key.users[user]) for user in users]
-        ratios = [DynamicRatio(triggers, t, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob, done_prob=e.done_prob,
-                               adversarial=e.adversarial, input_range=space, deepfool_candidates=e.deepfool_candidates,
-                               deepfool_max_iter=e.deepfool_max_iter) for t in targets]
-        prune = ({"prune_copies": int(e.prune_copies), "prune_max": float(e.get("prune_max", 0.9)),
-                  "channel_order": channel_order(trunk, clean[0])} if int(e.get("prune_copies", 0)) else {})
+        ratios = [self._ratio(triggers, t, space) for t in targets]
         data = StackedEmbeddingData(ratios, clean, encoder, key.triggers, seeds=list(seeds), group_seed=int(seeds[0]),
                                     input_range=tuple(ctx.datamodule.input_range), batch_size=e.batch_size,
-                                    trigger_repeat=e.trigger_repeat, noise_copies=e.noise_copies, noise_std=e.noise_std, **prune)
+                                    trigger_repeat=e.trigger_repeat, noise_copies=e.noise_copies, noise_std=e.noise_std,
+                                    **self._pruned_copies(trunk, clean))
         heads = [split[1] for split in splits]
         scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
         module = StackedHeads(heads, instantiate(e.optimizer), scheduler)
