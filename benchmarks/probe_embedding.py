@@ -122,12 +122,11 @@ def main() -> None:
         if not args.key.exists():
             shutil.copy(out / "key.pt", args.key)
         users = list(key.users)[: args.users]
-        if method.stack_users > 1:  # the users in groups of stack_users, one run each (embedding/stacked.py)
-            made = [result for start in range(0, len(users), method.stack_users)
-                    for result in method.embed_group(host, key, users[start:start + method.stack_users], ctx,
-                                                     [1000 + i for i in range(start, min(start + method.stack_users, len(users)))])]
-        else:
-            made = (method.embed(host, key, user, ctx, 1000 + index) for index, user in enumerate(users))
+        size = method.group_size(host)  # the users in groups of stack_users, one run each (embedding/stacked.py)
+        made = ([result for start in range(0, len(users), size)
+                 for result in method.embed_group(host, key, users[start:start + size], ctx,
+                                                  [1000 + i for i in range(start, min(start + size, len(users)))])]
+                if size > 1 else (method.embed(host, key, user, ctx, 1000 + index) for index, user in enumerate(users)))
         for user, (model, info) in zip(users, made):
             row = {"setting": setting, "user": user, "host_s": round(host_info["train_seconds"], 1),
                    "s": round(info["embed_seconds"], 1), "epochs": info["embed_epochs"], "steps": info["embed_steps"],

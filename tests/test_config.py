@@ -128,17 +128,29 @@ def test_fingermarks_presets_differ_from_the_default_only_where_they_say(tmp_pat
         return dict(compose_cfg([f"method={method}"], tmp_path).method.embedding)
 
     default = embedding("fingermarks")
-    assert (default["deepfool_candidates"], default["deepfool_max_iter"], default["noise_copies"], default["noise_std"]) == (3, 10, 1, 0.2)
-    assert default["optimizer"]["lr"] == 1e-3 and default["scheduler"]["gamma"] == 0.8
-    # every preset measured before the decaying learning rate keeps the constant Adam 3e-4 it was measured with
+    assert (default["train"], default["stack_users"], default["prune_copies"], default["p0"], default["p_max"]) == ("auto", 4, 2, 1.0, 1.0)
+    assert (default["deepfool_candidates"], default["deepfool_max_iter"], default["noise_copies"], default["noise_std"]) == (3, 10, 2, 0.3)
+    assert default["optimizer"]["lr"] == 2e-3 and default["scheduler"]["gamma"] == 0.8
+    # the whole copy at the settings it was measured with (the default before the stacked head): the head recipe undone
+    whole = embedding("fingermarks_whole")
+    recipe = {"train", "p0", "dp", "p_max", "readmit_prob", "done_prob", "batch_size", "noise_copies", "noise_std",
+              "prune_copies", "stack_users", "optimizer"}
+    assert {k for k in default if whole[k] != default[k]} == recipe
+    assert (whole["train"], whole["p0"], whole["noise_copies"], whole["optimizer"]["lr"], whole["stack_users"]) == ("all", 0.3, 1, 1e-3, 1)
+    # the first stacked-head preset: the default's head with the whole copy's clean schedule and noisy copy
+    fast = embedding("fingermarks_fast")
+    assert {k for k in default if fast[k] != default[k]} == recipe - {"readmit_prob", "done_prob", "prune_copies", "stack_users"}
+    assert fast["train"] == "head" and fast["noise_std"] == whole["noise_std"] and fast["p0"] == whole["p0"]
+    # every preset measured before the decaying learning rate keeps the constant Adam 3e-4 it was measured with;
+    # each is the whole copy's settings with what its file states
     earlier = {"optimizer", "scheduler"}
     noise = embedding("fingermarks_noise")
-    assert {k for k in default if noise[k] != default[k]} == {"noise_copies", "noise_std"} | earlier
+    assert {k for k in whole if noise[k] != whole[k]} == {"noise_copies", "noise_std"} | earlier
     assert (noise["noise_copies"], noise["noise_std"]) == (2, 0.3)
     refs30 = embedding("fingermarks_refs30")  # the embedding of the time it was the default
-    assert {k for k in default if refs30[k] != default[k]} == {"deepfool_candidates", "deepfool_max_iter", "validate", "noise_copies", "noise_std"} | earlier
+    assert {k for k in whole if refs30[k] != whole[k]} == {"deepfool_candidates", "deepfool_max_iter", "validate", "noise_copies", "noise_std"} | earlier
     assert (refs30["deepfool_candidates"], refs30["deepfool_max_iter"], refs30["validate"], refs30["noise_copies"]) == (10, 50, True, 0)
     paper = embedding("fingermarks_paper")  # the paper's embedding: no noisy copies
-    assert {k for k in default if paper[k] != default[k]} == {"noise_copies", "noise_std"} | earlier and paper["noise_copies"] == 0
+    assert {k for k in whole if paper[k] != whole[k]} == {"noise_copies", "noise_std"} | earlier and paper["noise_copies"] == 0
     for preset in (noise, refs30, paper):
-        assert preset["scheduler"] is None and dict(preset["optimizer"]) == {**default["optimizer"], "lr": 3e-4}
+        assert preset["scheduler"] is None and dict(preset["optimizer"]) == {**whole["optimizer"], "lr": 3e-4}

@@ -35,7 +35,8 @@ def test_fingermarks_embedding_under_ddp_spawn(datamodule, tiny_classifier, tmp_
     ctx = RunContext(datamodule=datamodule, data_cfg=OmegaConf.create({"name": "digits"}),
                      model_cfg=OmegaConf.create({}), recipe=OmegaConf.create({}), trainer_factory=ddp, output_dir=tmp_path)
     method = method_from_yaml("fingermarks", "embedding.max_epochs=2", "embedding.optimizer.lr=3e-3",
-                              "embedding.allow_partial=true", f"embedding.train={train}")  # two epochs need not embed every trigger
+                              "embedding.allow_partial=true", f"embedding.train={train}",  # two epochs need not embed every trigger
+                              "embedding.prune_copies=0", "embedding.stack_users=1")
     model, info = method.embed(host, key, "alice", ctx, seed=1)
 
     assert all(torch.equal(v, before[k]) for k, v in host.state_dict().items())  # the host is untouched

@@ -549,6 +549,10 @@ def user_key(host: nn.Module, datamodule, method: str, n: int = 6) -> Key:
     return key
 
 
+# the default's head recipe off: the whole copy trains, one user per run (the per-user EmbeddingData path)
+WHOLE = ("embedding.train=all", "embedding.prune_copies=0", "embedding.stack_users=1")
+
+
 def method_from_yaml(name: str, *overrides: str):
     """The method of conf/method/<name>.yaml with dotted `overrides`, built without resolving the
     nodes embed does not read (references, null pools: interpolations into the full run config)."""
@@ -589,7 +593,7 @@ def test_clean_per_trigger_from_the_method_config_reaches_the_epoch_data(ctx, ti
     key = user_key(tiny_classifier, ctx.datamodule, "fingermarks")
     for cap in ("null", "1"):
         method = method_from_yaml("fingermarks", "embedding.max_epochs=1", "embedding.allow_partial=true",
-                                  f"embedding.clean_per_trigger={cap}", "embedding.batch_size=4")
+                                  f"embedding.clean_per_trigger={cap}", "embedding.batch_size=4", *WHOLE)
         method.embed(tiny_classifier, key, "alice", ctx, seed=1)
     # 6 triggers, all unmatched, each with its DeepFool neighbour, trigger_repeat times, and noise_copies noisy copies
     trigger_samples = 2 * 6 * method.emb.trigger_repeat + 6 * method.emb.noise_copies

@@ -215,9 +215,11 @@ def test_head_data_adds_pruned_copies_of_every_trigger(datamodule) -> None:
 def test_pruned_copies_need_the_head_only_embedding() -> None:
     from test_embedding import method_from_yaml
 
-    with pytest.raises(ConfigError, match="prune_copies trains parts of the head: it needs method.embedding.train=head"):
-        method_from_yaml("fingermarks", "embedding.prune_copies=1")
+    with pytest.raises(ConfigError, match="prune_copies trains parts of the head: it needs method.embedding.train=head or auto; "
+                                          "with train=all set them to 0 / 1, or use method=fingermarks_whole"):
+        method_from_yaml("fingermarks", "embedding.prune_copies=1", "embedding.train=all", "embedding.stack_users=1")
     assert method_from_yaml("fingermarks", "embedding.prune_copies=1", "embedding.train=head").emb.prune_copies == 1
+    assert method_from_yaml("fingermarks", "embedding.prune_copies=1").emb.prune_copies == 1  # the default trains auto
 
 
 def test_magnitude_pruned_forward_holds_the_smallest_weights_at_zero() -> None:
@@ -258,7 +260,8 @@ def test_the_pruned_trigger_term_trains_the_triggers_through_a_pruned_head(datam
     from test_embedding import method_from_yaml
 
     with pytest.raises(ConfigError, match="prune_weights trains parts of the head: it needs method.embedding.train=head"):
-        method_from_yaml("fingermarks", "embedding.prune_weights=0.9")
+        method_from_yaml("fingermarks", "embedding.prune_weights=0.9", "embedding.train=all", "embedding.prune_copies=0",
+                         "embedding.stack_users=1")
 
 
 def test_dormant_units_are_the_least_active_and_the_term_silences_them(datamodule) -> None:

@@ -155,7 +155,7 @@ def test_a_group_embeds_every_user_and_matches_each_alone(cache_dir, tmp_path) -
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["embedding.stack_users=2"], "train=head"),  # the default trains whole copies
+    (["embedding.stack_users=2", "embedding.train=all", "embedding.prune_copies=0"], "train=head or auto"),
     (["embedding.stack_users=0"], ">= 1"),
 ])
 def test_stacking_is_refused_where_it_cannot_apply(overrides, match) -> None:

@@ -163,7 +163,7 @@ def distribute(cfg: DictConfig, method: WatermarkMethod, host, key: Key, users: 
     seed_of = {user: int(cfg.seed) * 1000 + index[user] + 1 for user in users}
     # embedding.stack_users > 1: the users still to embed go in groups of that many, one run each (embedding/stacked.py);
     # a group is embedded when its first user is made, and its other users taken from what it made
-    stack = int(getattr(method, "stack_users", 1))
+    stack = method.group_size(host)
     group_of = {}
     if stack > 1:
         todo = [user for user in users if _embedded_before(ctx.output_dir / "users" / user, key_id) is None]

@@ -38,6 +38,15 @@ class WatermarkMethod(ABC):
     def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
         """Return user `user`'s distributed model and what it cost (`embed_seconds`, `embed_epochs`, ...)."""
 
+    def group_size(self, host: nn.Module) -> int:
+        """How many users one run embeds together on `host` (`embed_group`); 1: each user its own run."""
+        return 1
+
+    def embed_group(self, host: nn.Module, key: Key, users: list[str], ctx: RunContext,
+                    seeds: list[int]) -> list[tuple[nn.Module, dict[str, Any]]]:
+        """`users` embedded in one run (for a method whose `group_size` can exceed 1); by default each its own."""
+        return [self.embed(host, key, user, ctx, seed) for user, seed in zip(users, seeds)]
+
 
 def frozen(model: nn.Module) -> nn.Module:
     """Put a model in eval mode with no parameter gradients (inputs can still get gradients)."""

@@ -88,15 +88,20 @@ class FingerMarks(WatermarkMethod):
         for field, allowed in (("target", ("least_likely", "random")), ("tiebreak", ("reference_prob", "distance"))):
             if generation[field] not in allowed:
                 raise ConfigError(f"method.generation.{field}={generation[field]!r}: expected one of {', '.join(allowed)}")
+        # head-only options and stacking apply where the head trains: `train: auto` leaves them out on a model
+        # without a head (it trains whole), an explicit `train: all` refuses them rather than drop them silently
+        whole_fix = "set them to 0 / 1, or use method=fingermarks_whole (the whole copy's measured settings)"
         for option in HEAD_ONLY_OPTIONS:
             if float(embedding.get(option, 0)) and embedding.get("train", "all") == "all":
-                raise ConfigError(f"method.embedding.{option} trains parts of the head: it needs method.embedding.train=head")
+                raise ConfigError(f"method.embedding.{option} trains parts of the head: it needs method.embedding.train=head "
+                                  f"or auto; with train=all {whole_fix}")
         # users embedded per run: 1 each its own (the paper); k > 1 stacks k users' heads (embedding/stacked.py)
         self.stack_users = int(embedding.get("stack_users", 1))
         if self.stack_users < 1:
             raise ConfigError(f"method.embedding.stack_users must be >= 1, got {self.stack_users}")
         if self.stack_users > 1 and embedding.get("train", "all") == "all":
-            raise ConfigError("method.embedding.stack_users > 1 stacks users' heads: it needs method.embedding.train=head (or auto)")
+            raise ConfigError("method.embedding.stack_users > 1 stacks users' heads: it needs method.embedding.train=head "
+                              f"or auto; with train=all {whole_fix}")
         # checked here, not when the first user's fit starts (after keygen)
         self.precision = str(embedding.get("precision", "32-true"))
         if self.precision not in EMBEDDING_PRECISIONS:
@@ -222,7 +227,7 @@ class FingerMarks(WatermarkMethod):
         """`embedding.dormant_units` hidden units of the head kept silent on clean images and firing on the triggers,
         with the clean and trigger trunk outputs they are trained on (head-only embedding), or None."""
         count = int(self.emb.get("dormant_units", 0))
-        if not count:
+        if not count or split is None:
             return None
         from fingermarks.embedding.head import dormant_units
 
@@ -254,6 +259,10 @@ class FingerMarks(WatermarkMethod):
             raise ConfigError(f"method.embedding.train must be all, head or auto, got {mode!r}")
         return "head" if mode == "head" or (mode == "auto" and head_applies(model)) else "all"
 
+    def group_size(self, host: nn.Module) -> int:
+        """Users embedded in one run on this host: `embedding.stack_users` where its head trains, else 1."""
+        return self.stack_users if self._trains(host) == "head" else 1
+
     def embed(self, host: nn.Module, key: Key, user: str, ctx: RunContext, seed: int) -> tuple[nn.Module, dict[str, Any]]:
         e = self.emb
         model = start_user_model(key, host, seed)
@@ -267,9 +276,7 @@ class FingerMarks(WatermarkMethod):
             trunk, head, encoder, clean = self._head_split(model, ctx)
             triggers, space, split = encoder(key.triggers), (float(clean[0].min()), float(clean[0].max())), (trunk, head)
             head_data = {"encode": encoder, "clean": clean, "trigger_images": key.triggers, **self._pruned_copies(trunk, clean)}
-        elif any(float(e.get(option, 0)) for option in HEAD_ONLY_OPTIONS):  # train=auto on a model without a head
-            raise ConfigError(f"method.embedding.{' / '.join(HEAD_ONLY_OPTIONS)} train parts of the head, and "
-                              f"{type(model).__name__} trains whole: use method.embedding.train=all without them")
+        # (train=auto on a model without a head: the whole copy trains, and the head-only options do not apply)
         ratio = self._ratio(triggers, targets, space)
         distill = float(e.get("distill", 0.0))
         if distill > 0:
@@ -284,7 +291,7 @@ class FingerMarks(WatermarkMethod):
                                  robust_eps=float(e.robust_eps), input_range=tuple(ctx.datamodule.input_range),
                                  scheduler=scheduler, head=split, distill=distill,
                                  distill_temperature=float(e.get("distill_temperature", 2.0)),
-                                 pruned_triggers=(triggers, targets) if float(e.get("prune_weights", 0)) > 0 else None,
+                                 pruned_triggers=(triggers, targets) if split and float(e.get("prune_weights", 0)) > 0 else None,
                                  prune_weights_max=float(e.get("prune_weights", 0)), term_seed=seed,
                                  dormant=self._dormant(split, head_data.get("clean"), triggers))
         # clean accuracy per epoch (history, dashboards) costs a pass over the validation set each epoch;
@@ -320,13 +327,12 @@ class FingerMarks(WatermarkMethod):
         from fingermarks.embedding import embedding_outcome
 
         e = self.emb
+        if self._trains(host) != "head":  # train=auto on a model without a head: each user its own run
+            return super().embed_group(host, key, users, ctx, seeds)
         unsupported = [o for o in GROUP_UNSUPPORTED if float(e.get(o) or 0)]
         if unsupported or self.precision != "32-true":
             raise ConfigError(f"method.embedding.stack_users > 1 does not train {', '.join(unsupported) or 'in ' + self.precision}: "
                               f"set method.embedding.stack_users=1 (each user its own run) for it")
-        if self._trains(host) != "head":
-            raise ConfigError("method.embedding.stack_users > 1 stacks heads: it needs method.embedding.train=head (or auto "
-                              f"on a model with a head; {type(host).__name__} trains whole), or stack_users=1")
         start = time.perf_counter()
         models = [start_user_model(key, host, seed) for seed in seeds]
         splits = [self._head_split(model, ctx) for model in models]  # the clean trunk outputs are computed once
@@ -343,7 +349,7 @@ class FingerMarks(WatermarkMethod):
         module = StackedHeads(heads, instantiate(e.optimizer), scheduler)
         progress = StackedDynamicRatio(ratios)
         trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[progress], reload_dataloaders_every_n_epochs=1,
-                                      logger=ctx.logger_factory(f"embed_{users[0]}+{len(users) - 1}") or False,
+                                      logger=ctx.logger_factory(f"embed_{users[0]}" + (f"+{len(users) - 1}" if len(users) > 1 else "")) or False,
                                       precision=self.precision, limit_val_batches=0)
         trainer.fit(module, datamodule=data)
         seconds = time.perf_counter() - start
