@@ -173,3 +173,22 @@ def test_an_option_only_a_users_own_run_trains_is_refused_in_a_group(cache_dir, 
     key = fm.make_key(owner, host)
     with pytest.raises(ConfigError, match="prune_weights.*stack_users=1"):
         owner.method.embed_group(host, key, ["alice", "bob"], owner.ctx, [1, 2])
+
+
+def test_the_default_stacks_heads_and_trains_a_model_without_one_whole(ctx) -> None:
+    """`train: auto` with the default's head recipe: a model with a dense head embeds four users per run; an MLP
+    (no trunk to share) trains whole, each user its own run, without the head-only options (pruned copies)."""
+    from fingermarks.models import MLP, SmallCNN
+    from test_embedding import method_from_yaml, user_key
+
+    method = method_from_yaml("fingermarks", "embedding.max_epochs=1", "embedding.allow_partial=true")
+    assert method.group_size(SmallCNN(num_classes=10, input_shape=(1, 8, 8), width=4)) == 4
+    torch.manual_seed(0)
+    host = MLP(num_classes=10, input_shape=(1, 8, 8), hidden=[16]).eval()
+    assert method.group_size(host) == 1
+    key = user_key(host, ctx.datamodule, "fingermarks")
+    key.users["bob"] = key.users["alice"].clone()
+    made = method.embed_group(host, key, ["alice", "bob"], ctx, seeds=[1, 2])
+    assert [info["trained"] for _, info in made] == ["all", "all"]
+    assert all("embed_group" not in info and info["embed_epochs"] == 1 for _, info in made)
+    assert all(any(not torch.equal(p, q) for p, q in zip(model.parameters(), host.parameters())) for model, _ in made)
