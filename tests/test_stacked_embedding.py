@@ -90,6 +90,37 @@ def test_an_epoch_cuts_every_users_rows_into_the_same_number_of_steps() -> None:
     assert seen == [list(range(10)), list(range(7))]  # every row once, in the given order
 
 
+def test_the_stacked_distillation_is_each_users_own_term() -> None:
+    from fingermarks.embedding.module import distillation
+    from fingermarks.embedding.stacked import stacked_distillation
+
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(2, 6, 3), torch.randn(2, 6, 3)
+    teacher[0, :2] = float("nan")  # user 0's first rows are triggers: no host logits
+    w = torch.ones(2, 6)
+    w[1, 4:] = 0  # user 1's batch is shorter: padding
+    got = stacked_distillation(logits, teacher, w, 2.0)
+    assert got[0] == pytest.approx(float(distillation(logits[0], teacher[0], 2.0)), rel=1e-5)
+    assert got[1] == pytest.approx(float(distillation(logits[1, :4], teacher[1, :4], 2.0)), rel=1e-5)
+    # the steps carry each row's host logits, NaN for the rows without (triggers, padding)
+    rows, targets = [torch.arange(5.0).view(5, 1), torch.arange(3.0).view(3, 1)], [torch.arange(5), torch.arange(3)]
+    teachers = [torch.randn(5, 3), torch.randn(3, 3)]
+    teachers[0][1] = float("nan")
+    x, y, w, users, t = _Steps(rows, targets, 2, torch.tensor([0, 1]), teachers)[0]
+    assert torch.allclose(t[0, :3], teachers[0][:3], equal_nan=True) and torch.equal(t[1, :2], teachers[1][:2])
+    assert bool(t[1, 2:].isnan().all())  # user 1's padding
+    # the step's loss: each user's cross-entropy plus `distill` times its term (eval mode: no dropout)
+    stacked = StackedHeads(heads(2, features=1), torch.optim.Adam, distill=0.5).eval()
+    plain = StackedHeads(heads(2, features=1), torch.optim.Adam).eval()
+    with torch.no_grad():
+        term = stacked_distillation(plain(x, users), t, w, 2.0)
+        assert float(term.min()) > 0
+        assert float(stacked.training_step((x, y, w, users, t), 0)) == pytest.approx(
+            float(plain.training_step((x, y, w, users), 0)) + 0.5 * float(term.sum()), rel=1e-5)
+    with pytest.raises(ValueError, match="distill"):
+        StackedHeads(heads(2), torch.optim.Adam, distill=-1.0)
+
+
 def test_one_deepfool_search_over_several_users_rows_finds_each_users_neighbours() -> None:
     made = heads(2)
     stacked = StackedHeads(made, torch.optim.Adam)

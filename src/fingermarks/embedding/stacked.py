@@ -43,8 +43,13 @@ class StackedHeads(L.LightningModule):
     """U heads of one architecture as stacked parameters; a batch is (U, B, features) rows, (U, B) targets and
     (U, B) weights (0 for the padding of a user whose batch is shorter)."""
 
-    def __init__(self, heads: list[nn.Module], optimizer, scheduler=None) -> None:
+    def __init__(self, heads: list[nn.Module], optimizer, scheduler=None, distill: float = 0.0,
+                 distill_temperature: float = 2.0) -> None:
         super().__init__()
+        if distill < 0 or distill_temperature <= 0:
+            raise ValueError(f"need distill >= 0 and distill_temperature > 0, got {distill}, {distill_temperature}")
+        # the host's outputs on the clean rows, as EmbeddingModule's `distill` (a batch then carries their logits)
+        self.distill, self.distill_temperature = distill, distill_temperature
         if any(True for _ in heads[0].buffers()):
             raise ValueError("the stacked embedding trains heads without buffers (no batch norm after the trunk)")
         params, _ = torch.func.stack_module_state(heads)
@@ -82,10 +87,12 @@ class StackedHeads(L.LightningModule):
         self._kept = [w.detach()[self.done].clone() for w in self.weights]
 
     def training_step(self, batch, batch_idx):
-        x, y, w, users = batch  # the rows of the users still training (`users`), in that order
+        x, y, w, users, *teacher = batch  # the rows of the users still training (`users`), in that order
         logits = self(x, users)
         ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(w)
         losses = (ce * w).sum(1) / w.sum(1).clamp_min(1)  # each user's mean loss: its own gradient
+        if teacher and self.distill > 0:
+            losses = losses + self.distill * stacked_distillation(logits, teacher[0], w, self.distill_temperature)
         self.log("embed/loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True)
         return losses.sum()
 
@@ -107,6 +114,17 @@ class StackedHeads(L.LightningModule):
         return optimizers(self.weights.parameters(), factory, self.scheduler_factory)
 
 
+def stacked_distillation(logits: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each user's distillation term (U,): T^2 KL(softmax(teacher / T) || softmax(logits / T)) summed over its rows whose
+    teacher logits are finite (the clean images; trigger rows carry NaN) and divided by its row count, as
+    `module.distillation` weighs one user's batch."""
+    keep = teacher.isfinite().all(-1) & (weights > 0)
+    t = temperature
+    target = F.log_softmax(torch.where(keep.unsqueeze(-1), teacher, 0.0).float() / t, -1)
+    kl = (target.exp() * (target - F.log_softmax(logits.float() / t, -1))).sum(-1)
+    return (kl * keep).sum(1) * t * t / weights.sum(1).clamp_min(1)
+
+
 def _rows_forward(stacked: StackedHeads, owner: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """DeepFool's `rows_forward` over the rows of several users: row i (of rows grouped by user, in user order) goes
     through user owner[i]'s head. DeepFool treats rows independently, so one search covers every user's triggers."""
@@ -126,16 +144,22 @@ class _Steps(Dataset):
     weights, views of one buffer filled once per epoch (B: the longest batch; a shorter one is padded with weight 0),
     and the users' indices in the group."""
 
-    def __init__(self, rows: list[torch.Tensor], targets: list[torch.Tensor], steps: int, users: torch.Tensor) -> None:
+    def __init__(self, rows: list[torch.Tensor], targets: list[torch.Tensor], steps: int, users: torch.Tensor,
+                 teachers: list[torch.Tensor] | None = None) -> None:
         width = max(math.ceil(len(t) / steps) for t in targets)
         self.x = rows[0].new_zeros(len(rows), steps * width, *rows[0].shape[1:])
         self.y = torch.zeros(len(rows), steps * width, dtype=torch.long)
         self.w = torch.zeros(len(rows), steps * width)
+        # the host's logits per row (NaN where a row has none: triggers, padding), with `teachers`
+        self.t = None if teachers is None else torch.full((len(rows), steps * width, teachers[0].shape[1]), float("nan"))
         for u, (x, y) in enumerate(zip(rows, targets)):
             # user u's rows cut into `steps` batches of near-equal size, each at the start of its step's slot
             for s, (xs, ys) in enumerate(zip(torch.tensor_split(x, steps), torch.tensor_split(y, steps))):
                 at = slice(s * width, s * width + len(ys))
                 self.x[u, at], self.y[u, at], self.w[u, at] = xs, ys, 1.0
+            if teachers is not None:
+                for s, ts in enumerate(torch.tensor_split(teachers[u], steps)):
+                    self.t[u, s * width: s * width + len(ts)] = ts
         self.steps, self.width, self.users = steps, width, users
 
     def __len__(self) -> int:
@@ -143,7 +167,8 @@ class _Steps(Dataset):
 
     def __getitem__(self, step: int):
         cut = slice(step * self.width, (step + 1) * self.width)
-        return self.x[:, cut], self.y[:, cut], self.w[:, cut], self.users
+        batch = (self.x[:, cut], self.y[:, cut], self.w[:, cut], self.users)
+        return batch if self.t is None else (*batch, self.t[:, cut])
 
 
 class StackedEmbeddingData(L.LightningDataModule):
@@ -156,7 +181,7 @@ class StackedEmbeddingData(L.LightningDataModule):
     def __init__(self, ratios: list[DynamicRatio], clean: tuple[torch.Tensor, torch.Tensor], encode, trigger_images: torch.Tensor,
                  *, seeds: list[int], group_seed: int, input_range: tuple[float, float], batch_size: int = 64,
                  trigger_repeat: int = 4, noise_copies: int = 0, noise_std: float = 0.0, prune_copies: int = 0,
-                 prune_max: float = 0.9, channel_order: torch.Tensor | None = None) -> None:
+                 prune_max: float = 0.9, channel_order: torch.Tensor | None = None, teacher: torch.Tensor | None = None) -> None:
         super().__init__()
         if len(seeds) != len(ratios):
             raise ValueError(f"{len(ratios)} ratios and {len(seeds)} seeds")
@@ -167,6 +192,7 @@ class StackedEmbeddingData(L.LightningDataModule):
         self.batch_size, self.trigger_repeat = batch_size, trigger_repeat
         self.noise_copies, self.noise_std = noise_copies, noise_std
         self.prune_copies, self.prune_max, self.channel_order = prune_copies, prune_max, channel_order
+        self.teacher = teacher  # the host's logits for the clean rows (distillation), or None
 
     def _shared(self, epoch: int) -> list[torch.Tensor]:
         """The trigger copies every user trains on this epoch (trunk outputs), in trigger order per copy."""
@@ -189,7 +215,7 @@ class StackedEmbeddingData(L.LightningDataModule):
         # the users still training: a done user's weights are final, its rows would cost a forward and a backward
         done = self.trainer.lightning_module.done if self.trainer is not None else torch.zeros(len(self.ratios), dtype=torch.bool)
         users = (~done).nonzero().flatten()
-        rows, targets = [], []
+        rows, targets, teachers = [], [], []
         for ratio, seed in ((self.ratios[u], self.seeds[u]) for u in users.tolist()):
             g = torch.Generator().manual_seed(seed * 100_003 + epoch)
             chosen = torch.randperm(len(self.clean[0]), generator=g)[: int(round(ratio.p * len(self.clean[0])))]
@@ -200,8 +226,12 @@ class StackedEmbeddingData(L.LightningDataModule):
                                       *[ratio.targets.repeat(c) for c in copies if c]]))
             order = torch.randperm(len(rows[-1]), generator=g)
             rows[-1], targets[-1] = rows[-1][order], targets[-1][order]
+            if self.teacher is not None:
+                blank = self.teacher.new_full((len(order) - len(chosen), self.teacher.shape[1]), float("nan"))
+                teachers.append(torch.cat([self.teacher[chosen], blank])[order])
         steps = max(1, max(math.ceil(len(t) / self.batch_size) for t in targets))
-        return DataLoader(_Steps(rows, targets, steps, users), batch_size=None, shuffle=False)
+        return DataLoader(_Steps(rows, targets, steps, users, teachers if self.teacher is not None else None),
+                          batch_size=None, shuffle=False)
 
 
 class StackedDynamicRatio(L.Callback):

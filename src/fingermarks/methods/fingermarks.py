@@ -42,7 +42,7 @@ def probe_sets(datamodule, triggers: torch.Tensor, source_indices: list[int], sc
 HEAD_ONLY_OPTIONS = ("prune_copies", "prune_weights", "dormant_units")
 
 # embedding options that only a user's own run trains (method.embedding.stack_users=1)
-GROUP_UNSUPPORTED = ("prune_weights", "dormant_units", "distill", "robust_eps", "anchor")
+GROUP_UNSUPPORTED = ("prune_weights", "dormant_units", "robust_eps", "anchor")
 
 # Lightning precisions an embedding may train in: float32, or autocast to bfloat16 (CPU and GPU) or float16 (GPU)
 EMBEDDING_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
@@ -345,8 +345,14 @@ class FingerMarks(WatermarkMethod):
                                     trigger_repeat=e.trigger_repeat, noise_copies=e.noise_copies, noise_std=e.noise_std,
                                     **self._pruned_copies(trunk, clean))
         heads = [split[1] for split in splits]
+        distill = float(e.get("distill", 0.0))
+        if distill > 0:  # the host's logits on the clean rows: its head (every copy's, before training) on their trunk outputs
+            from fingermarks.embedding.head import encode
+
+            data.teacher = encode(heads[0], clean[0])
         scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
-        module = StackedHeads(heads, instantiate(e.optimizer), scheduler)
+        module = StackedHeads(heads, instantiate(e.optimizer), scheduler, distill=distill,
+                              distill_temperature=float(e.get("distill_temperature", 2.0)))
         progress = StackedDynamicRatio(ratios)
         trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[progress], reload_dataloaders_every_n_epochs=1,
                                       logger=ctx.logger_factory(f"embed_{users[0]}" + (f"+{len(users) - 1}" if len(users) > 1 else "")) or False,
