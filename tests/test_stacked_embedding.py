@@ -91,15 +91,14 @@ def test_an_epoch_cuts_every_users_rows_into_the_same_number_of_steps() -> None:
 
 
 def test_the_stacked_distillation_is_each_users_own_term() -> None:
-    from fingermarks.embedding.module import distillation
-    from fingermarks.embedding.stacked import stacked_distillation
+    from fingermarks.embedding.module import distillation, grouped_distillation
 
     torch.manual_seed(0)
     logits, teacher = torch.randn(2, 6, 3), torch.randn(2, 6, 3)
     teacher[0, :2] = float("nan")  # user 0's first rows are triggers: no host logits
     w = torch.ones(2, 6)
     w[1, 4:] = 0  # user 1's batch is shorter: padding
-    got = stacked_distillation(logits, teacher, w, 2.0)
+    got = grouped_distillation(logits, teacher, w, 2.0)
     assert got[0] == pytest.approx(float(distillation(logits[0], teacher[0], 2.0)), rel=1e-5)
     assert got[1] == pytest.approx(float(distillation(logits[1, :4], teacher[1, :4], 2.0)), rel=1e-5)
     # the steps carry each row's host logits, NaN for the rows without (triggers, padding)
@@ -113,7 +112,7 @@ def test_the_stacked_distillation_is_each_users_own_term() -> None:
     stacked = StackedHeads(heads(2, features=1), torch.optim.Adam, distill=0.5).eval()
     plain = StackedHeads(heads(2, features=1), torch.optim.Adam).eval()
     with torch.no_grad():
-        term = stacked_distillation(plain(x, users), t, w, 2.0)
+        term = grouped_distillation(plain(x, users), t, w, 2.0)
         assert float(term.min()) > 0
         assert float(stacked.training_step((x, y, w, users, t), 0)) == pytest.approx(
             float(plain.training_step((x, y, w, users), 0)) + 0.5 * float(term.sum()), rel=1e-5)

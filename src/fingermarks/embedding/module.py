@@ -28,13 +28,18 @@ def distillation(logits: torch.Tensor, teacher: torch.Tensor, temperature: float
     """Hinton's distillation term, T^2 KL(softmax(teacher / T) || softmax(logits / T)), summed over the rows whose
     teacher logits are finite (the clean images; trigger rows carry NaN) and divided by the batch size, so it
     weighs each clean image as the cross-entropy does."""
-    keep = teacher.isfinite().all(1)
-    if not bool(keep.any()):
-        return logits.new_zeros(())
+    return grouped_distillation(logits, teacher, logits.new_ones(len(logits)), temperature)
+
+
+def grouped_distillation(logits: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`distillation` of each batch of a stack, (..., B, classes) logits and teacher logits with (..., B) row weights
+    (0: padding): one term per batch, over its rows with weight and a finite teacher, divided by its weighted row count
+    (the stacked heads' users, embedding/stacked.py)."""
+    keep = teacher.isfinite().all(-1) & (weights > 0)
     t = temperature
-    kl = F.kl_div(F.log_softmax(logits[keep].float() / t, 1), F.log_softmax(teacher[keep].float() / t, 1),
-                  log_target=True, reduction="sum")
-    return kl * t * t / len(logits)
+    target = F.log_softmax(torch.where(keep.unsqueeze(-1), teacher, 0.0).float() / t, -1)
+    kl = (target.exp() * (target - F.log_softmax(logits.float() / t, -1))).sum(-1)
+    return (kl * keep).sum(-1) * t * t / weights.sum(-1).clamp_min(1)
 
 
 class EmbeddingModule(L.LightningModule):

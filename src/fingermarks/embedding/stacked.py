@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fingermarks.embedding.deepfool import deepfool
 from fingermarks.embedding.dynamic_ratio import DynamicRatio
+from fingermarks.embedding.module import grouped_distillation
 from fingermarks.training.classifier import optimizers
 
 
@@ -92,7 +93,7 @@ class StackedHeads(L.LightningModule):
         ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(w)
         losses = (ce * w).sum(1) / w.sum(1).clamp_min(1)  # each user's mean loss: its own gradient
         if teacher and self.distill > 0:
-            losses = losses + self.distill * stacked_distillation(logits, teacher[0], w, self.distill_temperature)
+            losses = losses + self.distill * grouped_distillation(logits, teacher[0], w, self.distill_temperature)
         self.log("embed/loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True)
         return losses.sum()
 
@@ -112,17 +113,6 @@ class StackedHeads(L.LightningModule):
         if "fused" in inspect.signature(func).parameters and "fused" not in given:
             factory = functools.partial(factory, fused=True)
         return optimizers(self.weights.parameters(), factory, self.scheduler_factory)
-
-
-def stacked_distillation(logits: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Each user's distillation term (U,): T^2 KL(softmax(teacher / T) || softmax(logits / T)) summed over its rows whose
-    teacher logits are finite (the clean images; trigger rows carry NaN) and divided by its row count, as
-    `module.distillation` weighs one user's batch."""
-    keep = teacher.isfinite().all(-1) & (weights > 0)
-    t = temperature
-    target = F.log_softmax(torch.where(keep.unsqueeze(-1), teacher, 0.0).float() / t, -1)
-    kl = (target.exp() * (target - F.log_softmax(logits.float() / t, -1))).sum(-1)
-    return (kl * keep).sum(1) * t * t / weights.sum(1).clamp_min(1)
 
 
 def _rows_forward(stacked: StackedHeads, owner: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -154,12 +144,12 @@ class _Steps(Dataset):
         self.t = None if teachers is None else torch.full((len(rows), steps * width, teachers[0].shape[1]), float("nan"))
         for u, (x, y) in enumerate(zip(rows, targets)):
             # user u's rows cut into `steps` batches of near-equal size, each at the start of its step's slot
-            for s, (xs, ys) in enumerate(zip(torch.tensor_split(x, steps), torch.tensor_split(y, steps))):
+            parts = torch.tensor_split(x, steps), torch.tensor_split(y, steps)
+            for s, (xs, ys, *ts) in enumerate(zip(*parts, *([torch.tensor_split(teachers[u], steps)] if teachers else []))):
                 at = slice(s * width, s * width + len(ys))
                 self.x[u, at], self.y[u, at], self.w[u, at] = xs, ys, 1.0
-            if teachers is not None:
-                for s, ts in enumerate(torch.tensor_split(teachers[u], steps)):
-                    self.t[u, s * width: s * width + len(ts)] = ts
+                if ts:
+                    self.t[u, at] = ts[0]
         self.steps, self.width, self.users = steps, width, users
 
     def __len__(self) -> int:
@@ -230,8 +220,7 @@ class StackedEmbeddingData(L.LightningDataModule):
                 blank = self.teacher.new_full((len(order) - len(chosen), self.teacher.shape[1]), float("nan"))
                 teachers.append(torch.cat([self.teacher[chosen], blank])[order])
         steps = max(1, max(math.ceil(len(t) / self.batch_size) for t in targets))
-        return DataLoader(_Steps(rows, targets, steps, users, teachers if self.teacher is not None else None),
-                          batch_size=None, shuffle=False)
+        return DataLoader(_Steps(rows, targets, steps, users, teachers or None), batch_size=None, shuffle=False)
 
 
 class StackedDynamicRatio(L.Callback):

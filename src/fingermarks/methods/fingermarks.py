@@ -340,16 +340,14 @@ class FingerMarks(WatermarkMethod):
         triggers, space = encoder(key.triggers), (float(clean[0].min()), float(clean[0].max()))
         targets = [key.target_labels(key.users[user]) for user in users]
         ratios = [self._ratio(triggers, t, space) for t in targets]
+        distill = float(e.get("distill", 0.0))
+        # the host's logits on the clean rows (kept for the next group, as for the next user)
+        teacher = self._teacher(host, ctx, clean)["teacher"] if distill > 0 else None
         data = StackedEmbeddingData(ratios, clean, encoder, key.triggers, seeds=list(seeds), group_seed=int(seeds[0]),
                                     input_range=tuple(ctx.datamodule.input_range), batch_size=e.batch_size,
                                     trigger_repeat=e.trigger_repeat, noise_copies=e.noise_copies, noise_std=e.noise_std,
-                                    **self._pruned_copies(trunk, clean))
+                                    teacher=teacher, **self._pruned_copies(trunk, clean))
         heads = [split[1] for split in splits]
-        distill = float(e.get("distill", 0.0))
-        if distill > 0:  # the host's logits on the clean rows: its head (every copy's, before training) on their trunk outputs
-            from fingermarks.embedding.head import encode
-
-            data.teacher = encode(heads[0], clean[0])
         scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
         module = StackedHeads(heads, instantiate(e.optimizer), scheduler, distill=distill,
                               distill_temperature=float(e.get("distill_temperature", 2.0)))
