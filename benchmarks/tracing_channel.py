@@ -7,7 +7,9 @@ Per seed: the host (cached), a key from the passphrase `channel-<seed>` with `--
 users, `--embed` of them embedded (cached), and every attack of `--attacks` along its whole strength
 axis against each embedded user. For every attacked model the top-1 labels on the triggers are kept,
 so decoders can be compared offline on the same answers (`analyse`): transitions per trigger
-(kept / j->i / i->j / other) and the verdict of the code rule under several direction weights.
+(kept / j->i / i->j / other) and the verdict of the code rule under several direction weights. A row also
+counts the attacked models that stay usable (clean accuracy at most ACC_TOLERANCE points below the user's
+copy) and, of those, the ones no guilty user was traced in: the thief's successes (DESIGN's yardstick).
 Writes benchmarks/results/tracing_channel_<tag>.jsonl (one line per attacked model) and a summary
 JSON; `--analyse-only` re-reads the JSONL (`--trace-alpha 1e-4`: decided at another accusation level;
 `--reads 5`: from the first 5 reads of suspects that were read several times, see verification.query_suspect).
@@ -27,6 +29,7 @@ from hydra.utils import instantiate
 
 from compose import ROOT, compose_config
 from fingermarks.attacks.base import choose_victims, make_attack
+from fingermarks.evaluation.collect import ACC_TOLERANCE
 from fingermarks.evaluation.robustness import deployed_accuracy
 from fingermarks.evidence.rules import BALANCED, CodeRule
 from fingermarks.files import save_json
@@ -41,6 +44,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 WEIGHTS = {"equal": [(1.0, 1.0)], "j2": [(1.0, 0.5)], "j4": [(1.0, 0.25)], "j_only": [(1.0, 0.0)], "i_only": [(0.0, 1.0)],
            "i4": [(0.25, 1.0)], "equal+j4": [(1.0, 1.0), (1.0, 0.25)], "equal+j4+i4": [(1.0, 1.0), (1.0, 0.25), (0.25, 1.0)],
            "balanced": [BALANCED], "equal+balanced": [(1.0, 1.0), BALANCED]}
+#: per-row counts (not means): innocents named, usable attacked models, usable ones no user was traced in
+COUNTS = ("innocent", "usable", "escaped")
 DEFAULT_WEIGHTS = "balanced"  # conf/method/fingermarks.yaml (before: "equal+j4")
 
 
@@ -125,6 +130,9 @@ def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | No
         row["j_to_i"] += float((c & reads_i).sum()) / max(int(c.sum()), 1)
         row["i_to_j"] += float((~c & reads_j).sum()) / max(int((~c).sum()), 1)
         row["to_other"] += float((~reads_i & ~reads_j).float().mean())
+        # DESIGN's yardstick: a removal succeeds only where the thief keeps a usable model
+        usable = 100 * (line["user_clean_acc"] - line["clean_acc"]) <= ACC_TOLERANCE
+        row["usable"] += usable
         for wname, weightings in WEIGHTS.items():
             decision = dict(key.decision, weightings=[w if w == BALANCED else {"j": w[0], "i": w[1]} for w in weightings]) | (
                 {"trace_alpha": trace_alpha} if trace_alpha else {}) | ({"accuse_alpha": accuse_alpha} if accuse_alpha else {})
@@ -134,13 +142,14 @@ def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | No
             named = {rep.traced_user, *(rep.accused or [])} - {None}  # the margin rule's user and every accused one
             row[f"traced[{wname}]"] += bool(named & set(guilty))
             row[f"innocent[{wname}]"] += bool(named - set(guilty))
+            row[f"escaped[{wname}]"] += usable and not named & set(guilty)
             if wname == DEFAULT_WEIGHTS:  # "in every seed": the default's traced count per seed
                 per_seed[(line["attack"], line["strength"])][line["seed"]] += bool(named & set(guilty))
     summary = []
     for (attack, strength), row in sorted(table.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
         m = row.pop("models")
         summary.append({"attack": attack, "strength": strength, "models": int(m)} | {
-            k: (v / m if not k.startswith("innocent") else int(v)) for k, v in row.items()}
+            k: (v / m if not k.startswith(COUNTS) else int(v)) for k, v in row.items()}
             | {f"traced_per_seed[{DEFAULT_WEIGHTS}]": {str(s): n for s, n in sorted(per_seed[(attack, strength)].items())}})
     return {"rows": summary}
 
