@@ -172,6 +172,36 @@ def test_done_once_every_trigger_matches_with_done_prob() -> None:
     assert already.trainer.should_stop  # nothing to embed: stop before the first epoch
 
 
+def test_a_plateau_ends_a_user_short_of_done_prob() -> None:
+    """Every trigger matched, the weakest above plateau_prob but under done_prob and no longer rising: done after
+    plateau_epochs trained epochs (the starting weights are not one); while it rises, or under plateau_prob, not."""
+    weak = 3.2  # the last trigger's target with probability ~0.70: matched, under done_prob 0.9
+    model = table_model([MATCHED] * (N_TRIGGERS - 1) + [weak])
+    ratio, stubs = ratio_for(done_prob=0.9, readmit_prob=0.9, plateau_epochs=2, plateau_prob=0.5, plateau_delta=0.01), Stubs(model)
+    stubs.fit_start(ratio)
+    rows = [stubs.epoch_end(ratio, e) for e in range(2)]
+    assert not any(r["done"] or r["stalled"] for r in rows)  # epoch 2 is compared with epoch 0: not yet
+    row = stubs.epoch_end(ratio, 2)
+    assert row["done"] and row["stalled"] and stubs.trainer.should_stop and 0.69 < row["min_target_prob"] < 0.71
+    # still rising by more than plateau_delta per plateau_epochs: trains on
+    rising, stubs = ratio_for(done_prob=0.9, readmit_prob=0.9, plateau_epochs=2, plateau_prob=0.5), Stubs(table_model([MATCHED] * (N_TRIGGERS - 1) + [weak]))
+    stubs.fit_start(rising)
+    for e in range(5):
+        set_target_logit(stubs.module.model, N_TRIGGERS - 1, weak + 0.2 * (e + 1))
+        assert not stubs.epoch_end(rising, e)["done"]
+    # under plateau_prob, or off (plateau_epochs 0): never stalled
+    for kwargs in ({"plateau_epochs": 2, "plateau_prob": 0.75}, {"plateau_epochs": 0}):
+        flat, stubs = ratio_for(done_prob=0.9, readmit_prob=0.9, **kwargs), Stubs(table_model([MATCHED] * (N_TRIGGERS - 1) + [weak]))
+        stubs.fit_start(flat)
+        assert not any(stubs.epoch_end(flat, e)["done"] for e in range(6))
+    # a trigger not matched: never stalled, whatever its probability does
+    missed, stubs = ratio_for(done_prob=0.9, plateau_epochs=1, plateau_prob=0.0), Stubs(table_model([MATCHED] * (N_TRIGGERS - 1) + [MISSED]))
+    stubs.fit_start(missed)
+    assert not any(stubs.epoch_end(missed, e)["done"] for e in range(4))
+    with pytest.raises(ValueError, match="plateau_epochs"):
+        ratio_for(plateau_epochs=-1)
+
+
 def test_adversarial_neighbours_join_the_active_triggers() -> None:
     model = table_model([MATCHED, MISSED, MATCHED, MISSED, MISSED, MATCHED])
     ratio, stubs = ratio_for(adversarial=True), Stubs(model)

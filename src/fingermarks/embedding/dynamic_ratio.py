@@ -36,7 +36,11 @@ class DynamicRatio(L.Callback):
       nature) unless their target probability falls below `readmit_prob`;
     - unmatched ones are trained on, joined by DeepFool neighbours with the same target;
     - p starts at `p0` and grows by `dp` per epoch up to `p_max`;
-    - training stops once every trigger is matched with probability >= `done_prob`.
+    - training stops once every trigger is matched with probability >= `done_prob`;
+    - with `plateau_epochs` > 0 it also stops once every trigger is matched, the weakest target probability is at
+      least `plateau_prob` and it rose by less than `plateau_delta` over the last `plateau_epochs` epochs: with the
+      learning rate decayed, a user short of `done_prob` by a trigger or two otherwise trains on, unchanged, to the
+      epoch cap (and holds up the users embedded with it).
     """
 
     def __init__(
@@ -54,10 +58,16 @@ class DynamicRatio(L.Callback):
         deepfool_candidates: int = 10,
         deepfool_max_iter: int = 50,
         input_range: tuple[float, float] = (0.0, 1.0),
+        plateau_epochs: int = 0,
+        plateau_prob: float = 0.7,
+        plateau_delta: float = 0.01,
     ) -> None:
         super().__init__()
         if not 0 <= p0 <= p_max <= 1:
             raise ValueError(f"need 0 <= p0 <= p_max <= 1, got p0={p0}, p_max={p_max}")
+        if plateau_epochs < 0 or plateau_delta < 0:
+            raise ValueError(f"need plateau_epochs >= 0 and plateau_delta >= 0, got {plateau_epochs}, {plateau_delta}")
+        self.plateau_epochs, self.plateau_prob, self.plateau_delta = int(plateau_epochs), plateau_prob, plateau_delta
         self.triggers, self.targets = triggers, targets
         self.p0, self.dp, self.p_max = p0, dp, p_max
         self.readmit_prob, self.done_prob = readmit_prob, done_prob
@@ -108,11 +118,20 @@ class DynamicRatio(L.Callback):
         found = self.deepfool(model, self.triggers[self.active]) if self.wants_neighbours() else None
         self.set_neighbours(None if found is None else broadcast(found, src=0))
 
+    def stalled(self, matched: torch.Tensor, weakest: float) -> bool:
+        """Every trigger matched, the weakest target probability (`weakest`) at least `plateau_prob`, and less than
+        `plateau_delta` above its value `plateau_epochs` trained epochs ago (the history holds the earlier epochs)."""
+        if not self.plateau_epochs or len(self.history) <= self.plateau_epochs or not bool(matched.all()):
+            return False
+        return weakest >= self.plateau_prob and weakest - self.history[-self.plateau_epochs]["min_target_prob"] < self.plateau_delta
+
     def judge(self, matched: torch.Tensor, prob: torch.Tensor, broadcast=lambda value, src=0: value) -> dict[str, float]:
         """From each trigger's match and target probability: which to train on next; the epoch's stats."""
         active = ~matched | (prob < self.readmit_prob)
-        done = bool((matched & (prob >= self.done_prob)).all())
-        stats = {"matched": int(matched.sum()), "active": int(active.sum()), "min_target_prob": float(prob.min()), "done": done}
+        held = bool((matched & (prob >= self.done_prob)).all())
+        stalled = not held and self.stalled(matched, float(prob.min()))
+        stats = {"matched": int(matched.sum()), "active": int(active.sum()), "min_target_prob": float(prob.min()),
+                 "done": held or stalled, "stalled": stalled}
         self.active, stats = broadcast((active, stats), src=0)
         return stats
 

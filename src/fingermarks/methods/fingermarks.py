@@ -239,7 +239,9 @@ class FingerMarks(WatermarkMethod):
         e = self.emb
         return DynamicRatio(triggers, targets, p0=e.p0, dp=e.dp, p_max=e.p_max, readmit_prob=e.readmit_prob,
                             done_prob=e.done_prob, adversarial=e.adversarial, input_range=space,
-                            deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter)
+                            deepfool_candidates=e.deepfool_candidates, deepfool_max_iter=e.deepfool_max_iter,
+                            plateau_epochs=int(e.get("plateau_epochs", 0)), plateau_prob=float(e.get("plateau_prob", 0.7)),
+                            plateau_delta=float(e.get("plateau_delta", 0.01)))
 
     def _pruned_copies(self, trunk: nn.Module, clean: tuple) -> dict[str, Any]:
         """The embedding data's pruned-copy settings (`embedding.prune_copies`), with the trunk's channel order; none when off."""
