@@ -13,11 +13,10 @@ fraction) and its own epoch data: its clean rows and its order are drawn from it
 them. What the group shares: the noisy and pruned copies of the triggers (the same images for every user, each with
 its own targets; drawn from the group's seed), the number of steps per epoch (the largest epoch among the users still
 training, at the batch size; every user's epoch is cut into that many batches of near-equal size) and the dropout
-stream. A user is therefore
-not bit-identical to its embedding alone or in another group: the same users, seeds and key give the same models.
-A user whose triggers all hold (`done_prob`) stops where it is: its rows leave the epoch (its head is not run) and its
-weights are restored after every later step (the optimizer's momentum would move them otherwise); the run ends when
-every user is done.
+stream. A user is therefore not bit-identical to its embedding alone or in another group: the same users, seeds and
+key give the same models. A user whose triggers all hold (`done_prob`, or `DynamicRatio`'s plateau stop) stops where it
+is: its rows leave the epoch (its head is not run) and its weights are restored after every later step (the
+optimizer's momentum would move them otherwise); the run ends when every user is done.
 """
 
 from __future__ import annotations
