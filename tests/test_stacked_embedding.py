@@ -120,6 +120,40 @@ def test_the_stacked_distillation_is_each_users_own_term() -> None:
         StackedHeads(heads(2), torch.optim.Adam, distill=-1.0)
 
 
+def test_the_stacked_pruned_trigger_term_is_each_users_own() -> None:
+    """`prune_weights` in a group: each user's triggers through its own head with each Linear matrix pruned alone, as
+    EmbeddingModule's term (head.magnitude_pruned_forward) prunes one user's head; the step adds it once per user."""
+    import torch.nn.functional as F
+
+    made = heads(3)
+    for i, h in enumerate(made):  # three different heads
+        with torch.no_grad():
+            h[0].weight.mul_(1 + i)
+    features, targets = torch.rand(5, 12), torch.tensor([[0, 1, 2, 0, 1], [2, 2, 1, 0, 0], [1, 0, 0, 2, 2]])
+    stacked = StackedHeads(made, torch.optim.Adam, pruned_triggers=(features, targets), prune_weights_max=0.9, term_seed=3).eval()
+    users = torch.tensor([0, 2])  # user 1 is done: its head is not run
+    with torch.no_grad():
+        got = stacked.pruned_trigger_losses(users, 0.6)
+        for i, u in enumerate(users.tolist()):
+            alone = F.cross_entropy(head_mod.magnitude_pruned_forward(made[u].eval(), features, 0.6), targets[u])
+            assert float(got[i]) == pytest.approx(float(alone), rel=1e-5)
+        assert abs(float(got[0]) - float(F.cross_entropy(made[0](features), targets[0]))) > 1e-4  # it pruned
+    # each user's matrix pruned alone: the same share of zeros in every user's, whatever the other users' magnitudes
+    kept = head_mod.keep_largest(torch.stack([h[0].weight for h in made]).detach(), 0.5)
+    assert [int((m == 0).sum()) for m in kept] == [int(0.5 * made[0][0].weight.numel())] * 3
+    # the step: each user's cross-entropy plus its pruned-trigger term at one rate drawn per step from term_seed
+    plain = StackedHeads(heads(3), torch.optim.Adam).eval()
+    x, y, w = torch.rand(3, 4, 12), torch.randint(0, 3, (3, 4)), torch.ones(3, 4)
+    everyone = torch.arange(3)
+    rate = float(torch.rand((), generator=torch.Generator().manual_seed(3))) * 0.9
+    fresh = StackedHeads(heads(3), torch.optim.Adam, pruned_triggers=(features, targets), prune_weights_max=0.9, term_seed=3).eval()
+    with torch.no_grad():
+        expected = float(plain.training_step((x, y, w, everyone), 0)) + float(fresh.pruned_trigger_losses(everyone, rate).sum())
+        assert float(fresh.training_step((x, y, w, everyone), 0)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="prune_weights_max"):
+        StackedHeads(heads(2), torch.optim.Adam, pruned_triggers=(features, targets[:2]), prune_weights_max=0.0)
+
+
 def test_one_deepfool_search_over_several_users_rows_finds_each_users_neighbours() -> None:
     made = heads(2)
     stacked = StackedHeads(made, torch.optim.Adam)
@@ -198,10 +232,10 @@ def test_stacking_is_refused_where_it_cannot_apply(overrides, match) -> None:
 
 def test_an_option_only_a_users_own_run_trains_is_refused_in_a_group(cache_dir, tmp_path) -> None:
     owner = fm.owner(tmp_path / "run", [*TINY, f"cache_dir={cache_dir}", "users=[alice,bob]", "method.embedding.train=head",
-                                        "method.embedding.stack_users=2", "method.embedding.prune_weights=0.5"])
+                                        "method.embedding.stack_users=2", "method.embedding.anchor=0.5"])
     host, _ = fm.train_host(owner)
     key = fm.make_key(owner, host)
-    with pytest.raises(ConfigError, match="prune_weights.*stack_users=1"):
+    with pytest.raises(ConfigError, match="anchor.*stack_users=1"):
         owner.method.embed_group(host, key, ["alice", "bob"], owner.ctx, [1, 2])
 
 

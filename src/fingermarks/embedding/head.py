@@ -112,18 +112,29 @@ def pruned_copies(features: torch.Tensor, order: torch.Tensor, copies: int, max_
     return (x.view(len(x), channels, -1) * keep.unsqueeze(2)).view_as(x)
 
 
+def keep_largest(w: torch.Tensor, rate: float) -> torch.Tensor:
+    """`w` with the smallest-|w| share `rate` of each matrix (its last two dimensions: a stack of users' weights is
+    pruned user by user) held at zero, as magnitude pruning leaves it; the gradient reaches the kept weights only."""
+    k = int(rate * w.shape[-2] * w.shape[-1])
+    if not k:
+        return w
+    cut = w.detach().abs().flatten(-2).kthvalue(k, dim=-1).values[..., None, None]
+    return w * (w.detach().abs() > cut)
+
+
+def linear_weights(head: nn.Module) -> list[str]:
+    """The parameter names of the head's Linear weight matrices (what magnitude pruning of a dense head zeroes)."""
+    return [f"{name}.weight" for name, module in head.named_modules() if isinstance(module, nn.Linear)]
+
+
 def magnitude_pruned_forward(head: nn.Module, x: torch.Tensor, rate: float) -> torch.Tensor:
     """`head(x)` with the smallest-|w| share `rate` of every weight matrix of its Linear layers held at zero (biases
     kept), as per-layer magnitude pruning leaves them; the gradient reaches the kept weights only."""
-    pruned = {}
-    for name, module in head.named_modules():
-        if isinstance(module, nn.Linear) and rate > 0:
-            w = module.weight
-            k = int(rate * w.numel())
-            if k:
-                cut = w.detach().abs().flatten().kthvalue(k).values
-                pruned[f"{name}.weight"] = w * (w.detach().abs() > cut)
-    return torch.func.functional_call(head, pruned, (x,), strict=False) if pruned else head(x)
+    if rate <= 0:
+        return head(x)
+    weights = dict(head.named_parameters())
+    pruned = {name: keep_largest(weights[name], rate) for name in linear_weights(head)}
+    return torch.func.functional_call(head, pruned, (x,), strict=False)
 
 
 def hidden_layer(head: nn.Module) -> nn.Linear:

@@ -44,12 +44,20 @@ class StackedHeads(L.LightningModule):
     (U, B) weights (0 for the padding of a user whose batch is shorter)."""
 
     def __init__(self, heads: list[nn.Module], optimizer, scheduler=None, distill: float = 0.0,
-                 distill_temperature: float = 2.0) -> None:
+                 distill_temperature: float = 2.0, pruned_triggers: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 prune_weights_max: float = 0.9, term_seed: int = 0) -> None:
         super().__init__()
         if distill < 0 or distill_temperature <= 0:
             raise ValueError(f"need distill >= 0 and distill_temperature > 0, got {distill}, {distill_temperature}")
+        if pruned_triggers is not None and not 0.0 < prune_weights_max < 1.0:
+            raise ValueError(f"pruned_triggers needs prune_weights_max in (0, 1), got {prune_weights_max}")
         # the host's outputs on the clean rows, as EmbeddingModule's `distill` (a batch then carries their logits)
         self.distill, self.distill_temperature = distill, distill_temperature
+        # EmbeddingModule's `pruned_triggers`: (the triggers' trunk outputs, (U, triggers) each user's targets), trained
+        # every step through each user's head with a share, drawn uniformly from [0, prune_weights_max] (one draw per
+        # step, from `term_seed`), of each of its Linear weight matrices' smallest weights held at zero
+        self._pruned_triggers, self.prune_weights_max = pruned_triggers, prune_weights_max
+        self._term_generator = torch.Generator().manual_seed(int(term_seed))
         if any(True for _ in heads[0].buffers()):
             raise ValueError("the stacked embedding trains heads without buffers (no batch norm after the trunk)")
         params, _ = torch.func.stack_module_state(heads)
@@ -68,14 +76,29 @@ class StackedHeads(L.LightningModule):
     def forward(self, x: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (U, B, classes) of rows (U, B, features): user u's rows through user u's head; with `users` (indices),
         x[i] goes through user users[i]'s head (the others cost nothing)."""
-        structure = self._structure[0].train(self.training)  # not a submodule: its dropout follows this module's mode
         everyone = users is None or (len(users) == self.users and bool((users == torch.arange(self.users, device=users.device)).all()))
-        weights = self.weights if everyone else [w.index_select(0, users) for w in self.weights]
+        return self._run(dict(zip(self.names, self.weights if everyone else [w.index_select(0, users) for w in self.weights])), x)
+
+    def _run(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """x[i] through the head whose weights are the i-th of each stacked tensor in `weights`."""
+        structure = self._structure[0].train(self.training)  # not a submodule: its dropout follows this module's mode
 
         def one(params, rows):
             return torch.func.functional_call(structure, params, (rows,))
 
-        return torch.vmap(one, randomness="different")(dict(zip(self.names, weights)), x)
+        return torch.vmap(one, randomness="different")(weights, x)
+
+    def pruned_trigger_losses(self, users: torch.Tensor, rate: float) -> torch.Tensor:
+        """Each of `users`' mean cross-entropy on its targets of the pruned-trigger term's triggers, through its head
+        with the smallest share `rate` of each Linear weight matrix held at zero (embedding.head.keep_largest)."""
+        from fingermarks.embedding.head import keep_largest, linear_weights
+
+        features, targets = (t.to(self.device) for t in self._pruned_triggers)
+        pruned = set(linear_weights(self._structure[0]))
+        weights = {name: (keep_largest(w.index_select(0, users), rate) if name in pruned else w.index_select(0, users))
+                   for name, w in zip(self.names, self.weights)}
+        logits = self._run(weights, features.expand(len(users), *features.shape))
+        return F.cross_entropy(logits.flatten(0, 1), targets[users].flatten(), reduction="none").view(len(users), -1).mean(1)
 
     def head_state(self, user: int) -> dict[str, torch.Tensor]:
         """User `user`'s head weights (copies), as its head's `state_dict` names them."""
@@ -93,6 +116,9 @@ class StackedHeads(L.LightningModule):
         losses = (ce * w).sum(1) / w.sum(1).clamp_min(1)  # each user's mean loss: its own gradient
         if teacher and self.distill > 0:
             losses = losses + self.distill * grouped_distillation(logits, teacher[0], w, self.distill_temperature)
+        if self._pruned_triggers is not None:
+            rate = float(torch.rand((), generator=self._term_generator)) * self.prune_weights_max
+            losses = losses + self.pruned_trigger_losses(users.to(self.device), rate)
         self.log("embed/loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True)
         return losses.sum()
 

@@ -42,7 +42,7 @@ def probe_sets(datamodule, triggers: torch.Tensor, source_indices: list[int], sc
 HEAD_ONLY_OPTIONS = ("prune_copies", "prune_weights", "dormant_units")
 
 # embedding options that only a user's own run trains (method.embedding.stack_users=1)
-GROUP_UNSUPPORTED = ("prune_weights", "dormant_units", "robust_eps", "anchor")
+GROUP_UNSUPPORTED = ("dormant_units", "robust_eps", "anchor")
 
 # Lightning precisions an embedding may train in: float32, or autocast to bfloat16 (CPU and GPU) or float16 (GPU)
 EMBEDDING_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
@@ -351,8 +351,11 @@ class FingerMarks(WatermarkMethod):
                                     teacher=teacher, **self._pruned_copies(trunk, clean))
         heads = [split[1] for split in splits]
         scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
+        prune_weights = float(e.get("prune_weights", 0))
         module = StackedHeads(heads, instantiate(e.optimizer), scheduler, distill=distill,
-                              distill_temperature=float(e.get("distill_temperature", 2.0)))
+                              distill_temperature=float(e.get("distill_temperature", 2.0)),
+                              pruned_triggers=(triggers, torch.stack(targets)) if prune_weights > 0 else None,
+                              prune_weights_max=prune_weights, term_seed=int(seeds[0]))
         progress = StackedDynamicRatio(ratios)
         trainer = ctx.trainer_factory(max_epochs=e.max_epochs, callbacks=[progress], reload_dataloaders_every_n_epochs=1,
                                       logger=ctx.logger_factory(f"embed_{users[0]}" + (f"+{len(users) - 1}" if len(users) > 1 else "")) or False,
