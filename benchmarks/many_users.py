@@ -64,6 +64,8 @@ def measure(count: int, embed: int | None, overrides: list[str]) -> dict:
         "acc_drop_per_user": drops,
         "embed_seconds_each": embed_s,
         "embed_epochs_each": [u["embed_epochs"] for u in users.values()],
+        # per user and epoch: (epoch, triggers matched, weakest target probability); benchmarks/plateau_replay.py
+        "history_each": history_each(summary),
         "all_matched": all(u["all_matched"] for u in users.values()),
         "matched_each": [u.get("matched") for u in users.values()],
         "owned": sum(bool(reports[u]["owned"]) for u in users),
@@ -77,6 +79,12 @@ def measure(count: int, embed: int | None, overrides: list[str]) -> dict:
         "cpus": os.cpu_count(),
         "run_dir": str(out),
     }
+
+
+def history_each(summary: dict) -> list[list[tuple[int, int, float]]]:
+    """Each user's embedding history as (epoch, matched, min_target_prob) rows, in the summary's user order."""
+    return [[(h["epoch"], h["matched"], round(h["min_target_prob"], 4)) for h in u.get("history", [])]
+            for u in summary["users"].values()]
 
 
 def measure_warmup(overrides: list[str]) -> None:
