@@ -19,7 +19,7 @@ from torch import nn
 from conftest import CONF
 from fingermarks.data import DigitsDataModule
 from fingermarks.data.digits import load_digits_tensors
-from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule, deepfool
+from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule, deepfool, stop_reason
 from fingermarks.embedding.module import distillation
 from fingermarks.errors import ConfigError, EmbeddingError
 from fingermarks.key import Key, host_fingerprint
@@ -167,6 +167,7 @@ def test_done_once_every_trigger_matches_with_done_prob() -> None:
     assert not stubs.trainer.should_stop
     set_target_logit(model, N_TRIGGERS - 1, MATCHED)
     assert stubs.epoch_end(ratio, 0)["done"] and stubs.trainer.should_stop
+    assert stop_reason(ratio.history) == "targets"
     already = Stubs(model)
     ratio_for(done_prob=0.6).on_fit_start(already.trainer, already.module)
     assert already.trainer.should_stop  # nothing to embed: stop before the first epoch
@@ -183,6 +184,8 @@ def test_a_plateau_ends_a_user_short_of_done_prob() -> None:
     assert not any(r["done"] or r["stalled"] for r in rows)  # epoch 2 is compared with epoch 0: not yet
     row = stubs.epoch_end(ratio, 2)
     assert row["done"] and row["stalled"] and stubs.trainer.should_stop and 0.69 < row["min_target_prob"] < 0.71
+    assert stop_reason(ratio.history) == "plateau" and stop_reason(ratio.history[:-1]) == "max_epochs"
+    assert stop_reason([]) is None  # no history (a ddp_spawn worker kept it)
     # still rising by more than plateau_delta per plateau_epochs: trains on
     rising, stubs = ratio_for(done_prob=0.9, readmit_prob=0.9, plateau_epochs=2, plateau_prob=0.5), Stubs(table_model([MATCHED] * (N_TRIGGERS - 1) + [weak]))
     stubs.fit_start(rising)

@@ -71,6 +71,7 @@ def test_two_shards_embed_disjoint_users_from_one_key_and_resume(tmp_path):
         result = json.loads((job / "summary.json").read_text())
         assert sorted(result["users"]) == users
         for user in users:
+            assert result["users"][user]["stopped"] in ("targets", "plateau", "max_epochs")  # why its embedding ended
             report = result["verification"][user]
             assert report["owned"] and report["traced_user"] == user
     # the second shard again in its own directory: both users are there, nothing is embedded again

@@ -12,7 +12,7 @@ from torch import nn
 
 import fingermarks as fm
 from conftest import TINY
-from fingermarks.embedding import DynamicRatio, deepfool
+from fingermarks.embedding import DynamicRatio, deepfool, stop_reason
 from fingermarks.embedding import head as head_mod
 from fingermarks.embedding.stacked import StackedDynamicRatio, StackedEmbeddingData, StackedHeads, _rows_forward, _Steps
 from fingermarks.errors import ConfigError
@@ -199,6 +199,7 @@ def test_a_group_embeds_every_user_and_matches_each_alone(cache_dir, tmp_path) -
     host_trunk = head_mod.split_head(host)[0].state_dict()
     for user, (model, info), (model2, _) in zip(["alice", "bob"], made, again):
         assert info["all_matched"] and info["embed_group"] == ["alice", "bob"] and info["embed_epochs"] >= 1
+        assert info["stopped"] == stop_reason(info["history"]) and info["stopped"] in ("targets", "plateau", "max_epochs")
         assert info["embed_seconds"] == pytest.approx(info["group_seconds"] / 2)
         assert info["clean_acc"] == pytest.approx(accuracy(model, owner.ctx.datamodule.test_set), abs=1e-6)
         trunk = head_mod.split_head(model)[0].state_dict()

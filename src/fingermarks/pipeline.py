@@ -337,7 +337,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "users": {u: {"clean_acc": i["clean_acc"], "acc_drop": 100 * (host_info["clean_acc"] - i["clean_acc"]),
                       "embed_seconds": i["embed_seconds"], "embed_epochs": i["embed_epochs"], "history": i["history"],
                       "embed_to_host_time": i["embed_seconds"] / host_info["train_seconds"] if host_info.get("train_seconds") else None,
-                      "all_matched": i.get("all_matched", True), "matched": i.get("matched")}
+                      "all_matched": i.get("all_matched", True), "matched": i.get("matched"), "stopped": i.get("stopped")}
                   for u, i in embed.items()},
         "verification": {name: rep.to_dict() for name, rep in reports.items()},
         "uniqueness": unique,

@@ -22,6 +22,18 @@ import torch
 from fingermarks.embedding.deepfool import deepfool
 
 
+def stop_reason(history: list[dict[str, Any]]) -> str | None:
+    """Why an embedding ended, read from its history: "targets" (every trigger at `done_prob`), "plateau" (the
+    plateau stop: the weakest target probability stopped rising short of it), "max_epochs" (neither: the epoch cap);
+    None without a history (under ddp_spawn the callback's state stays in the workers)."""
+    if not history:
+        return None
+    last = history[-1]
+    if last.get("stalled"):
+        return "plateau"
+    return "targets" if last["done"] else "max_epochs"
+
+
 def _trained(pl_module: L.LightningModule) -> torch.nn.Module:
     """What the triggers are fed to: the module's trained part (a head-only embedding's head, whose triggers are
     the trunk's outputs), or its whole model."""

@@ -14,7 +14,7 @@ from torch import nn
 from fingermarks.context import RunContext
 from fingermarks.errors import ConfigError, KeyGenError
 from fingermarks.evidence.rules import RULES
-from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule
+from fingermarks.embedding import DynamicRatio, EmbeddingData, EmbeddingModule, stop_reason
 from fingermarks.fingerprint import conferrable_penalty, fingermarks_loss, optimise_inputs, select_triggers, target_margin
 from fingermarks.key import Key
 from fingermarks.secret import KeySecret
@@ -315,7 +315,7 @@ class FingerMarks(WatermarkMethod):
                                     settings=f"method.embedding.max_epochs (now {e.max_epochs}) or method.embedding.optimizer.lr")
         return model, {
             "embed_seconds": seconds, "embed_epochs": epochs, "embed_steps": int(trainer.global_step), "trained": trains, **outcome,
-            "clean_acc": accuracy(model, ctx.datamodule.test_set), "history": ratio.history,
+            "clean_acc": accuracy(model, ctx.datamodule.test_set), "history": ratio.history, "stopped": stop_reason(ratio.history),
         }
 
     def embed_group(self, host: nn.Module, key: Key, users: list[str], ctx: RunContext,
@@ -377,7 +377,7 @@ class FingerMarks(WatermarkMethod):
             results.append((model, {
                 "embed_seconds": seconds / len(users), "group_seconds": seconds, "embed_group": list(users),
                 "embed_epochs": progress.epochs[u], "embed_steps": int(trainer.global_step), "trained": "head", **outcome,
-                "clean_acc": head_accuracy, "history": ratios[u].history}))
+                "clean_acc": head_accuracy, "history": ratios[u].history, "stopped": stop_reason(ratios[u].history)}))
         return results
 
 
