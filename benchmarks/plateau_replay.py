@@ -44,7 +44,7 @@ def replay(histories: list[list[list[float]]], group: int, triggers: int, done_p
         stops = [stop(h, triggers, done_prob, *setting) for h in histories]
         epochs = [e for e, _ in stops]
         groups = [max(epochs[i:i + group]) for i in range(0, len(epochs), group)]
-        below = [p for p, h in zip((p for _, p in stops), histories) if p < done_prob]
+        below = [p for _, p in stops if p < done_prob]
         rows.append({"plateau_epochs": setting[0], "plateau_prob": setting[1], "plateau_delta": setting[2],
                      "max_epochs": setting[3], "epochs_mean": statistics.mean(epochs), "group_epochs_mean": statistics.mean(groups),
                      "stopped_short_of_done_prob": len(below), "weakest_at_stop_min": min(below) if below else None})

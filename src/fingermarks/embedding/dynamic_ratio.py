@@ -140,9 +140,9 @@ class DynamicRatio(L.Callback):
     def judge(self, matched: torch.Tensor, prob: torch.Tensor, broadcast=lambda value, src=0: value) -> dict[str, float]:
         """From each trigger's match and target probability: which to train on next; the epoch's stats."""
         active = ~matched | (prob < self.readmit_prob)
-        held = bool((matched & (prob >= self.done_prob)).all())
-        stalled = not held and self.stalled(matched, float(prob.min()))
-        stats = {"matched": int(matched.sum()), "active": int(active.sum()), "min_target_prob": float(prob.min()),
+        held, weakest = bool((matched & (prob >= self.done_prob)).all()), float(prob.min())
+        stalled = not held and self.stalled(matched, weakest)
+        stats = {"matched": int(matched.sum()), "active": int(active.sum()), "min_target_prob": weakest,
                  "done": held or stalled, "stalled": stalled}
         self.active, stats = broadcast((active, stats), src=0)
         return stats

@@ -58,6 +58,9 @@ class StackedHeads(L.LightningModule):
         # step, from `term_seed`), of each of its Linear weight matrices' smallest weights held at zero
         self._pruned_triggers, self.prune_weights_max = pruned_triggers, prune_weights_max
         self._term_generator = torch.Generator().manual_seed(int(term_seed))
+        from fingermarks.embedding.head import linear_weights
+
+        self._pruned_names = frozenset(linear_weights(heads[0]))  # the weight matrices the term prunes
         if any(True for _ in heads[0].buffers()):
             raise ValueError("the stacked embedding trains heads without buffers (no batch norm after the trunk)")
         params, _ = torch.func.stack_module_state(heads)
@@ -91,11 +94,10 @@ class StackedHeads(L.LightningModule):
     def pruned_trigger_losses(self, users: torch.Tensor, rate: float) -> torch.Tensor:
         """Each of `users`' mean cross-entropy on its targets of the pruned-trigger term's triggers, through its head
         with the smallest share `rate` of each Linear weight matrix held at zero (embedding.head.keep_largest)."""
-        from fingermarks.embedding.head import keep_largest, linear_weights
+        from fingermarks.embedding.head import keep_largest
 
         features, targets = (t.to(self.device) for t in self._pruned_triggers)
-        pruned = set(linear_weights(self._structure[0]))
-        weights = {name: (keep_largest(w.index_select(0, users), rate) if name in pruned else w.index_select(0, users))
+        weights = {name: (keep_largest(w.index_select(0, users), rate) if name in self._pruned_names else w.index_select(0, users))
                    for name, w in zip(self.names, self.weights)}
         logits = self._run(weights, features.expand(len(users), *features.shape))
         return F.cross_entropy(logits.flatten(0, 1), targets[users].flatten(), reduction="none").view(len(users), -1).mean(1)
