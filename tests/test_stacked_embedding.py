@@ -73,9 +73,10 @@ def test_a_step_trains_each_user_on_its_own_rows_and_leaves_a_done_user_as_it_wa
 
 
 def test_an_epoch_cuts_every_users_rows_into_the_same_number_of_steps() -> None:
-    rows = [torch.arange(10.0).view(10, 1), 100 + torch.arange(7.0).view(7, 1)]
-    targets = [torch.arange(10), torch.arange(7)]
-    steps = _Steps(rows, targets, 3, torch.tensor([0, 2]))
+    pool = torch.cat([torch.arange(10.0), 100 + torch.arange(7.0)]).view(17, 1)
+    index = [torch.randperm(10), 10 + torch.randperm(7)]  # each user's rows of the pool, in its order
+    targets = [pool[i, 0].long() for i in index]  # a row's target is its value: rows and targets stay together
+    steps = _Steps(pool, index, targets, 3, torch.tensor([0, 2]))
     assert len(steps) == 3 and steps.width == 4
     seen = [[], []]
     for s in range(3):
@@ -85,9 +86,11 @@ def test_an_epoch_cuts_every_users_rows_into_the_same_number_of_steps() -> None:
         for u in range(2):
             kept = w[u].bool()
             assert kept.sum() == len(torch.tensor_split(targets[u], 3)[s])  # near-equal batches, padded at the end
-            assert torch.equal(x[u, kept, 0], rows[u][y[u, kept], 0])  # each row with its own target
+            assert torch.equal(x[u, kept, 0].long(), y[u, kept])  # each row with its own target
+            assert bool((x[u, ~kept] == 0).all())  # padding is zero rows
             seen[u] += y[u, kept].tolist()
-    assert seen == [list(range(10)), list(range(7))]  # every row once, in the given order
+    assert seen == [t.tolist() for t in targets]  # every row once, in the given order
+    assert pool.view(-1).tolist() == list(range(10)) + list(range(100, 107))  # the gathers left the pool as it was
 
 
 def test_the_stacked_distillation_is_each_users_own_term() -> None:
@@ -102,12 +105,13 @@ def test_the_stacked_distillation_is_each_users_own_term() -> None:
     assert got[0] == pytest.approx(float(distillation(logits[0], teacher[0], 2.0)), rel=1e-5)
     assert got[1] == pytest.approx(float(distillation(logits[1, :4], teacher[1, :4], 2.0)), rel=1e-5)
     # the steps carry each row's host logits, NaN for the rows without (triggers, padding)
-    rows, targets = [torch.arange(5.0).view(5, 1), torch.arange(3.0).view(3, 1)], [torch.arange(5), torch.arange(3)]
-    teachers = [torch.randn(5, 3), torch.randn(3, 3)]
-    teachers[0][1] = float("nan")
-    x, y, w, users, t = _Steps(rows, targets, 2, torch.tensor([0, 1]), teachers)[0]
-    assert torch.allclose(t[0, :3], teachers[0][:3], equal_nan=True) and torch.equal(t[1, :2], teachers[1][:2])
+    pool, targets = torch.arange(8.0).view(8, 1), [torch.arange(5), torch.arange(3)]
+    teacher_pool = torch.randn(8, 3)
+    teacher_pool[1] = float("nan")  # a trigger row
+    x, y, w, users, t = _Steps(pool, [torch.arange(5), torch.arange(5, 8)], targets, 2, torch.tensor([0, 1]), teacher_pool)[0]
+    assert torch.allclose(t[0, :3], teacher_pool[:3], equal_nan=True) and torch.equal(t[1, :2], teacher_pool[5:7])
     assert bool(t[1, 2:].isnan().all())  # user 1's padding
+    assert not bool(teacher_pool[[0, 2, 3, 4]].isnan().any())  # the pool itself is untouched
     # the step's loss: each user's cross-entropy plus `distill` times its term (eval mode: no dropout)
     stacked = StackedHeads(heads(2, features=1), torch.optim.Adam, distill=0.5).eval()
     plain = StackedHeads(heads(2, features=1), torch.optim.Adam).eval()

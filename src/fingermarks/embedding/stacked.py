@@ -158,25 +158,24 @@ def _rows_forward(stacked: StackedHeads, owner: torch.Tensor) -> Callable[[torch
 
 class _Steps(Dataset):
     """An epoch as its steps: step s is every training user's s-th batch, (U, B, ...) rows, (U, B) targets and (U, B)
-    weights, views of one buffer filled once per epoch (B: the longest batch; a shorter one is padded with weight 0),
-    and the users' indices in the group."""
+    weights (B: the longest batch; a shorter one is padded with zero rows of weight 0), and the users' indices in the
+    group. A user's rows are `pool[index[u]]`, in that order; a step gathers its own rows from the pool, so each row
+    of the epoch is copied once (not cut, shuffled and cat per user: with the trunk's outputs as rows, those copies
+    were a fifth of a group's time)."""
 
-    def __init__(self, rows: list[torch.Tensor], targets: list[torch.Tensor], steps: int, users: torch.Tensor,
-                 teachers: list[torch.Tensor] | None = None) -> None:
+    def __init__(self, pool: torch.Tensor, index: list[torch.Tensor], targets: list[torch.Tensor], steps: int,
+                 users: torch.Tensor, teacher_pool: torch.Tensor | None = None) -> None:
         width = max(math.ceil(len(t) / steps) for t in targets)
-        self.x = rows[0].new_zeros(len(rows), steps * width, *rows[0].shape[1:])
-        self.y = torch.zeros(len(rows), steps * width, dtype=torch.long)
-        self.w = torch.zeros(len(rows), steps * width)
-        # the host's logits per row (NaN where a row has none: triggers, padding), with `teachers`
-        self.t = None if teachers is None else torch.full((len(rows), steps * width, teachers[0].shape[1]), float("nan"))
-        for u, (x, y) in enumerate(zip(rows, targets)):
+        self.index = torch.zeros(len(index), steps * width, dtype=torch.long)
+        self.y = torch.zeros(len(index), steps * width, dtype=torch.long)
+        self.w = torch.zeros(len(index), steps * width)
+        for u, (rows, y) in enumerate(zip(index, targets)):
             # user u's rows cut into `steps` batches of near-equal size, each at the start of its step's slot
-            parts = torch.tensor_split(x, steps), torch.tensor_split(y, steps)
-            for s, (xs, ys, *ts) in enumerate(zip(*parts, *([torch.tensor_split(teachers[u], steps)] if teachers else []))):
+            for s, (rs, ys) in enumerate(zip(torch.tensor_split(rows, steps), torch.tensor_split(y, steps))):
                 at = slice(s * width, s * width + len(ys))
-                self.x[u, at], self.y[u, at], self.w[u, at] = xs, ys, 1.0
-                if ts:
-                    self.t[u, at] = ts[0]
+                self.index[u, at], self.y[u, at], self.w[u, at] = rs, ys, 1.0
+        # the host's logits per pool row (NaN where a row has none: triggers and their copies), or None
+        self.pool, self.teacher_pool = pool, teacher_pool
         self.steps, self.width, self.users = steps, width, users
 
     def __len__(self) -> int:
@@ -184,8 +183,15 @@ class _Steps(Dataset):
 
     def __getitem__(self, step: int):
         cut = slice(step * self.width, (step + 1) * self.width)
-        batch = (self.x[:, cut], self.y[:, cut], self.w[:, cut], self.users)
-        return batch if self.t is None else (*batch, self.t[:, cut])
+        index, padding = self.index[:, cut], self.w[:, cut] == 0
+        x = self.pool[index]
+        x[padding] = 0
+        batch = (x, self.y[:, cut], self.w[:, cut], self.users)
+        if self.teacher_pool is None:
+            return batch
+        t = self.teacher_pool[index]
+        t[padding] = float("nan")
+        return (*batch, t)
 
 
 class StackedEmbeddingData(L.LightningDataModule):
@@ -232,22 +238,28 @@ class StackedEmbeddingData(L.LightningDataModule):
         # the users still training: a done user's weights are final, its rows would cost a forward and a backward
         done = self.trainer.lightning_module.done if self.trainer is not None else torch.zeros(len(self.ratios), dtype=torch.bool)
         users = (~done).nonzero().flatten()
-        rows, targets, teachers = [], [], []
+        # the epoch's pool of rows: the clean rows, the shared copies, then each user's trigger batch; a user's epoch is
+        # its clean rows, its trigger batch `trigger_repeat` times and the shared copies, shuffled (indices into the pool)
+        clean_x, clean_y = self.clean
+        parts = [clean_x, *shared]
+        shared_index = torch.arange(len(clean_x), sum(len(p) for p in parts))
+        index, targets = [], []
         for ratio, seed in ((self.ratios[u], self.seeds[u]) for u in users.tolist()):
             g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            chosen = torch.randperm(len(self.clean[0]), generator=g)[: int(round(ratio.p * len(self.clean[0])))]
+            chosen = torch.randperm(len(clean_x), generator=g)[: int(round(ratio.p * len(clean_x)))]
             x, y = ratio.trigger_batch()
-            reps = [1] * (x.dim() - 1)
-            rows.append(torch.cat([self.clean[0][chosen], x.repeat(self.trigger_repeat, *reps), *shared]))
-            targets.append(torch.cat([self.clean[1][chosen], y.repeat(self.trigger_repeat),
-                                      *[ratio.targets.repeat(c) for c in copies if c]]))
-            order = torch.randperm(len(rows[-1]), generator=g)
-            rows[-1], targets[-1] = rows[-1][order], targets[-1][order]
-            if self.teacher is not None:
-                blank = self.teacher.new_full((len(order) - len(chosen), self.teacher.shape[1]), float("nan"))
-                teachers.append(torch.cat([self.teacher[chosen], blank])[order])
+            start = sum(len(p) for p in parts)
+            parts.append(x)
+            rows = torch.cat([chosen, torch.arange(start, start + len(x)).repeat(self.trigger_repeat), shared_index])
+            order = torch.randperm(len(rows), generator=g)
+            index.append(rows[order])
+            targets.append(torch.cat([clean_y[chosen], y.repeat(self.trigger_repeat),
+                                      *[ratio.targets.repeat(c) for c in copies if c]])[order])
+        pool = torch.cat(parts)
+        teacher_pool = None if self.teacher is None else torch.cat(
+            [self.teacher, self.teacher.new_full((len(pool) - len(clean_x), self.teacher.shape[1]), float("nan"))])
         steps = max(1, max(math.ceil(len(t) / self.batch_size) for t in targets))
-        return DataLoader(_Steps(rows, targets, steps, users, teachers or None), batch_size=None, shuffle=False)
+        return DataLoader(_Steps(pool, index, targets, steps, users, teacher_pool), batch_size=None, shuffle=False)
 
 
 class StackedDynamicRatio(L.Callback):
