@@ -17,6 +17,8 @@ import json
 import statistics
 from pathlib import Path
 
+from fingermarks.embedding import plateaued
+
 #: (plateau_epochs, plateau_prob, plateau_delta, max_epochs); plateau_epochs 0: no plateau stop
 SETTINGS = [(0, 0.0, 0.0, 30), (3, 0.7, 0.01, 30), (3, 0.6, 0.01, 30), (2, 0.6, 0.01, 30), (2, 0.6, 0.02, 30),
             (0, 0.0, 0.0, 20), (0, 0.0, 0.0, 15)]
@@ -24,14 +26,12 @@ SETTINGS = [(0, 0.0, 0.0, 30), (3, 0.7, 0.01, 30), (3, 0.6, 0.01, 30), (2, 0.6, 
 
 def stop(history: list[list[float]], triggers: int, done_prob: float, plateau_epochs: int, plateau_prob: float,
          plateau_delta: float, max_epochs: int) -> tuple[int, float]:
-    """(epoch, weakest target probability) where a user with this history stops under the rule (DynamicRatio.judge:
-    every trigger matched at done_prob, or matched with the weakest at plateau_prob and risen by less than
-    plateau_delta over plateau_epochs trained epochs; or the cap)."""
+    """(epoch, weakest target probability) where a user with this history ((epoch, matched, weakest) rows) stops under
+    the rule (DynamicRatio.judge: every trigger matched at done_prob, or `plateaued`; or the cap)."""
     for k, (epoch, matched, weakest) in enumerate(history):
         if matched == triggers and weakest >= done_prob:
             return epoch, weakest
-        if (plateau_epochs and k > plateau_epochs and matched == triggers and weakest >= plateau_prob
-                and weakest - history[k - plateau_epochs][2] < plateau_delta):
+        if plateaued([row[2] for row in history[:k + 1]], matched == triggers, plateau_epochs, plateau_prob, plateau_delta):
             return epoch, weakest
         if epoch >= max_epochs:
             return epoch, weakest

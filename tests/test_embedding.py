@@ -205,6 +205,20 @@ def test_a_plateau_ends_a_user_short_of_done_prob() -> None:
         ratio_for(plateau_epochs=-1)
 
 
+def test_the_plateau_rule_as_a_pure_function() -> None:
+    """`plateaued`, which DynamicRatio and benchmarks/plateau_replay.py both decide with, on weakest-probability lists
+    (the starting weights' first): plateau_epochs trained epochs must lie between the compared values."""
+    from fingermarks.embedding import plateaued
+
+    rule = {"plateau_epochs": 2, "plateau_prob": 0.6, "plateau_delta": 0.02}
+    assert not plateaued([0.5, 0.65, 0.66], True, **rule)  # two epochs, but the start is not a trained epoch
+    assert plateaued([0.5, 0.65, 0.66, 0.665], True, **rule)  # 0.665 - 0.65 < 0.02
+    assert not plateaued([0.5, 0.6, 0.63, 0.625], True, **rule)  # rose 0.025 over two epochs
+    assert not plateaued([0.5, 0.55, 0.56, 0.565], True, **rule)  # under plateau_prob
+    assert not plateaued([0.5, 0.65, 0.66, 0.665], False, **rule)  # a trigger unmatched
+    assert not plateaued([0.5, 0.65, 0.66, 0.665], True, **dict(rule, plateau_epochs=0))  # off
+
+
 def test_adversarial_neighbours_join_the_active_triggers() -> None:
     model = table_model([MATCHED, MISSED, MATCHED, MISSED, MISSED, MATCHED])
     ratio, stubs = ratio_for(adversarial=True), Stubs(model)

@@ -34,6 +34,16 @@ def stop_reason(history: list[dict[str, Any]]) -> str | None:
     return "targets" if last["done"] else "max_epochs"
 
 
+def plateaued(weakest: list[float], all_matched: bool, plateau_epochs: int, plateau_prob: float,
+              plateau_delta: float) -> bool:
+    """The plateau stop's rule on a run's weakest target probabilities (`weakest`: the starting weights', then one per
+    trained epoch, this epoch's last): every trigger matched now, the weakest at least `plateau_prob`, and less than
+    `plateau_delta` above its value `plateau_epochs` trained epochs ago. `plateau_epochs` 0: never."""
+    if not plateau_epochs or len(weakest) <= plateau_epochs + 1 or not all_matched:
+        return False
+    return weakest[-1] >= plateau_prob and weakest[-1] - weakest[-1 - plateau_epochs] < plateau_delta
+
+
 def _trained(pl_module: L.LightningModule) -> torch.nn.Module:
     """What the triggers are fed to: the module's trained part (a head-only embedding's head, whose triggers are
     the trunk's outputs), or its whole model."""
@@ -131,11 +141,10 @@ class DynamicRatio(L.Callback):
         self.set_neighbours(None if found is None else broadcast(found, src=0))
 
     def stalled(self, matched: torch.Tensor, weakest: float) -> bool:
-        """Every trigger matched, the weakest target probability (`weakest`) at least `plateau_prob`, and less than
-        `plateau_delta` above its value `plateau_epochs` trained epochs ago (the history holds the earlier epochs)."""
-        if not self.plateau_epochs or len(self.history) <= self.plateau_epochs or not bool(matched.all()):
-            return False
-        return weakest >= self.plateau_prob and weakest - self.history[-self.plateau_epochs]["min_target_prob"] < self.plateau_delta
+        """`plateaued` at this ratio's settings, with this epoch's match and weakest target probability after the
+        history's."""
+        return plateaued([row["min_target_prob"] for row in self.history] + [weakest], bool(matched.all()),
+                         self.plateau_epochs, self.plateau_prob, self.plateau_delta)
 
     def judge(self, matched: torch.Tensor, prob: torch.Tensor, broadcast=lambda value, src=0: value) -> dict[str, float]:
         """From each trigger's match and target probability: which to train on next; the epoch's stats."""
