@@ -132,6 +132,7 @@ def test_fingermarks_presets_differ_from_the_default_only_where_they_say(tmp_pat
     assert (default["deepfool_candidates"], default["deepfool_max_iter"], default["noise_copies"], default["noise_std"]) == (3, 10, 2, 0.3)
     assert default["optimizer"]["lr"] == 2e-3 and default["scheduler"]["gamma"] == 0.8
     assert (default["plateau_epochs"], default["plateau_prob"], default["plateau_delta"]) == (2, 0.6, 0.02)
+    assert default["copies_per"] == "key"
     # the whole copy at the settings it was measured with (the default before the stacked head): the head recipe undone
     whole = embedding("fingermarks_whole")
     recipe = {"train", "p0", "dp", "p_max", "readmit_prob", "done_prob", "batch_size", "noise_copies", "noise_std",
@@ -144,7 +145,8 @@ def test_fingermarks_presets_differ_from_the_default_only_where_they_say(tmp_pat
     assert dict(whole["optimizer"]) == {**default["optimizer"], "lr": 1e-3}
     # the first stacked-head preset: the default's head with the whole copy's clean schedule and noisy copy
     fast = embedding("fingermarks_fast")
-    assert {k for k in default if fast[k] != default[k]} == recipe - {"readmit_prob", "done_prob", "prune_copies", "stack_users"}
+    assert {k for k in default if fast[k] != default[k]} == recipe - {"readmit_prob", "done_prob", "prune_copies", "stack_users"} | {"copies_per"}
+    assert fast["copies_per"] == "group"  # as it was measured
     assert fast["train"] == "head" and fast["noise_std"] == whole["noise_std"] and fast["p0"] == whole["p0"]
     # every preset measured before the decaying learning rate keeps the constant Adam 3e-4 it was measured with;
     # each is the whole copy's settings with what its file states

@@ -93,6 +93,33 @@ def test_an_epoch_cuts_every_users_rows_into_the_same_number_of_steps() -> None:
     assert pool.view(-1).tolist() == list(range(10)) + list(range(100, 107))  # the gathers left the pool as it was
 
 
+def test_groups_of_a_key_share_each_epochs_copies_encoded_once() -> None:
+    """`copies_per: key`: a group draws an epoch's noisy copies from the key's seed and keeps them in `copies`; the
+    next group of the key reads them from there, and the trunk encodes them once. Without `copies`, a group encodes its
+    own, from its own seed."""
+    encoded = []
+
+    def encode(x):
+        encoded.append(len(x))
+        return x.flatten(1) * 2
+
+    images = torch.rand(5, 1, 2, 2)
+
+    def group(seed, copies):
+        return StackedEmbeddingData([None], (torch.zeros(3, 4), torch.zeros(3, dtype=torch.long)), encode, images, seeds=[seed],
+                                    group_seed=7, input_range=(0.0, 1.0), noise_copies=2, noise_std=0.3, copies=copies)
+
+    kept = {}
+    first = group(1, kept)._shared(0)
+    assert encoded == [10] and set(kept) == {0}
+    again = group(2, kept)._shared(0)  # another group of the key: the same copies, not encoded again
+    assert encoded == [10] and all(torch.equal(a, b) for a, b in zip(first, again))
+    group(2, kept)._shared(1)  # the next epoch: new copies
+    assert encoded == [10, 10] and set(kept) == {0, 1} and not torch.equal(kept[0][0], kept[1][0])
+    alone = group(2, None)._shared(0)  # nothing kept: encoded afresh, the same draw from the same seed
+    assert encoded == [10, 10, 10] and torch.equal(alone[0], first[0])
+
+
 def test_the_stacked_distillation_is_each_users_own_term() -> None:
     from fingermarks.embedding.module import distillation, grouped_distillation
 
@@ -212,6 +239,9 @@ def test_a_group_embeds_every_user_and_matches_each_alone(cache_dir, tmp_path) -
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))  # deterministic
         assert fm.verify(key, model).traced_user == user
     assert not torch.equal(made[0][0].classifier.weight, made[1][0].classifier.weight)
+    # the default `copies_per: key`: the epochs' shared copies are kept for the key's next group, as many as were trained
+    epochs = max(info["embed_epochs"] for _, info in made)
+    assert owner.method._copies[1] and set(owner.method._copies[1]) <= set(range(epochs + 1))
 
     # the pipeline embeds the users in groups of two (alice+bob, carol), and a rerun skips all of them
     paths = fm.distribute(owner, host, key)
@@ -233,6 +263,15 @@ def test_stacking_is_refused_where_it_cannot_apply(overrides, match) -> None:
     with pytest.raises(ConfigError, match=match):
         method_from_yaml("fingermarks", *overrides)
     assert method_from_yaml("fingermarks", "embedding.stack_users=2", "embedding.train=head").stack_users == 2
+
+
+def test_copies_per_must_be_key_or_group(cache_dir, tmp_path) -> None:
+    owner = fm.owner(tmp_path / "run", [*TINY, f"cache_dir={cache_dir}", "users=[alice,bob]", "method.embedding.train=head",
+                                        "method.embedding.stack_users=2", "method.embedding.copies_per=user"])
+    host, _ = fm.train_host(owner)
+    key = fm.make_key(owner, host)
+    with pytest.raises(ConfigError, match="copies_per must be key or group"):
+        owner.method.embed_group(host, key, ["alice", "bob"], owner.ctx, [1, 2])
 
 
 def test_an_option_only_a_users_own_run_trains_is_refused_in_a_group(cache_dir, tmp_path) -> None:

@@ -11,7 +11,8 @@ less on a loaded one).
 Each user keeps its own dynamic ratio (`DynamicRatio`: its matched and active triggers, DeepFool neighbours and clean
 fraction) and its own epoch data: its clean rows and its order are drawn from its own seed, as `EmbeddingData` draws
 them. What the group shares: the noisy and pruned copies of the triggers (the same images for every user, each with
-its own targets; drawn from the group's seed), the number of steps per epoch (the largest epoch among the users still
+its own targets; drawn from the key's seed, so every group of the key trains on the same ones and the trunk encodes
+them once, or with `copies_per: group` from the group's), the number of steps per epoch (the largest epoch among the users still
 training, at the batch size; every user's epoch is cut into that many batches of near-equal size) and the dropout
 stream. A user is therefore not bit-identical to its embedding alone or in another group: the same users, seeds and
 key give the same models. A user whose triggers all hold (`done_prob`, or `DynamicRatio`'s plateau stop) stops where it
@@ -198,13 +199,16 @@ class StackedEmbeddingData(L.LightningDataModule):
     """Each epoch's data of every user of the group, from their ratios' state (see the module's docstring).
 
     `clean` = (trunk outputs of the owner's training images, labels); `encode` passes the noisy trigger images through
-    the trunk; `seeds` are the users' seeds (their clean rows and order), `group_seed` the shared copies' seed.
+    the trunk; `seeds` are the users' seeds (their clean rows and order), `group_seed` the shared copies' seed. `copies`
+    keeps each epoch's shared copies for the next group that draws them from the same seed (`embedding.copies_per: key`:
+    every group of a key trains on the same copies, and the trunk encodes them once per key), or is None.
     """
 
     def __init__(self, ratios: list[DynamicRatio], clean: tuple[torch.Tensor, torch.Tensor], encode, trigger_images: torch.Tensor,
                  *, seeds: list[int], group_seed: int, input_range: tuple[float, float], batch_size: int = 64,
                  trigger_repeat: int = 4, noise_copies: int = 0, noise_std: float = 0.0, prune_copies: int = 0,
-                 prune_max: float = 0.9, channel_order: torch.Tensor | None = None, teacher: torch.Tensor | None = None) -> None:
+                 prune_max: float = 0.9, channel_order: torch.Tensor | None = None, teacher: torch.Tensor | None = None,
+                 copies: dict[int, list[torch.Tensor]] | None = None) -> None:
         super().__init__()
         if len(seeds) != len(ratios):
             raise ValueError(f"{len(ratios)} ratios and {len(seeds)} seeds")
@@ -216,9 +220,12 @@ class StackedEmbeddingData(L.LightningDataModule):
         self.noise_copies, self.noise_std = noise_copies, noise_std
         self.prune_copies, self.prune_max, self.channel_order = prune_copies, prune_max, channel_order
         self.teacher = teacher  # the host's logits for the clean rows (distillation), or None
+        self.copies = copies
 
     def _shared(self, epoch: int) -> list[torch.Tensor]:
         """The trigger copies every user trains on this epoch (trunk outputs), in trigger order per copy."""
+        if self.copies is not None and epoch in self.copies:
+            return self.copies[epoch]
         g = torch.Generator().manual_seed(self.group_seed * 100_003 + epoch)
         parts = []
         if self.noise_copies and self.noise_std > 0:
@@ -229,6 +236,8 @@ class StackedEmbeddingData(L.LightningDataModule):
             from fingermarks.embedding.head import pruned_copies
 
             parts.append(pruned_copies(self.ratios[0].triggers, self.channel_order, self.prune_copies, self.prune_max, g))
+        if self.copies is not None:
+            self.copies[epoch] = parts
         return parts
 
     def train_dataloader(self) -> DataLoader:

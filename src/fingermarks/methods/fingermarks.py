@@ -252,6 +252,26 @@ class FingerMarks(WatermarkMethod):
         return {"prune_copies": int(self.emb.prune_copies), "prune_max": float(self.emb.get("prune_max", 0.9)),
                 "channel_order": channel_order(trunk, clean[0])}
 
+    def _shared_copies(self, key: Key, trunk: nn.Module, seeds: list[int]) -> tuple[int, dict | None]:
+        """The seed of a group's shared trigger copies and where its epochs' copies are kept: `embedding.copies_per: key`
+        draws them from the key's fingerprint (not secret: the copies are noise and pruned channels) and keeps them for
+        the key's next group (the trunk encodes an epoch's noisy copies once per key, not once per group); `group`
+        draws them from the group's first seed and keeps nothing (the stacked default before 2026-12-07)."""
+        per = self.emb.get("copies_per", "group")
+        if per == "group":
+            return int(seeds[0]), None
+        if per != "key":
+            raise ConfigError(f"method.embedding.copies_per must be key or group, got {per!r}")
+        from fingermarks.embedding.head import trunk_digest
+        from fingermarks.key import key_fingerprint
+
+        fingerprint = key_fingerprint(key)
+        e = self.emb
+        ident = (fingerprint, trunk_digest(trunk), e.noise_copies, e.noise_std, e.get("prune_copies", 0), e.get("prune_max", 0.9))
+        if getattr(self, "_copies", (None,))[0] != ident:
+            self._copies = (ident, {})
+        return int(fingerprint[:8], 16), self._copies[1]
+
     def _trains(self, model: nn.Module) -> str:
         """`all` or `head`: what `embedding.train` asks of this architecture (`auto`: head where it applies)."""
         from fingermarks.embedding.head import head_applies
@@ -345,10 +365,11 @@ class FingerMarks(WatermarkMethod):
         distill = float(e.get("distill", 0.0))
         # the host's logits on the clean rows (kept for the next group, as for the next user)
         teacher = self._teacher(host, ctx, clean)["teacher"] if distill > 0 else None
-        data = StackedEmbeddingData(ratios, clean, encoder, key.triggers, seeds=list(seeds), group_seed=int(seeds[0]),
+        copies_seed, copies = self._shared_copies(key, trunk, seeds)
+        data = StackedEmbeddingData(ratios, clean, encoder, key.triggers, seeds=list(seeds), group_seed=copies_seed,
                                     input_range=tuple(ctx.datamodule.input_range), batch_size=e.batch_size,
                                     trigger_repeat=e.trigger_repeat, noise_copies=e.noise_copies, noise_std=e.noise_std,
-                                    teacher=teacher, **self._pruned_copies(trunk, clean))
+                                    teacher=teacher, copies=copies, **self._pruned_copies(trunk, clean))
         heads = [split[1] for split in splits]
         scheduler = instantiate(e.scheduler) if e.get("scheduler") is not None else None
         prune_weights = float(e.get("prune_weights", 0))
