@@ -256,6 +256,7 @@ def test_a_group_embeds_every_user_and_matches_each_alone(cache_dir, tmp_path) -
 @pytest.mark.parametrize("overrides, match", [
     (["embedding.stack_users=2", "embedding.train=all", "embedding.prune_copies=0"], "train=head or auto"),
     (["embedding.stack_users=0"], ">= 1"),
+    (["embedding.copies_per=user"], "copies_per must be key or group"),
 ])
 def test_stacking_is_refused_where_it_cannot_apply(overrides, match) -> None:
     from test_embedding import method_from_yaml
@@ -263,15 +264,6 @@ def test_stacking_is_refused_where_it_cannot_apply(overrides, match) -> None:
     with pytest.raises(ConfigError, match=match):
         method_from_yaml("fingermarks", *overrides)
     assert method_from_yaml("fingermarks", "embedding.stack_users=2", "embedding.train=head").stack_users == 2
-
-
-def test_copies_per_must_be_key_or_group(cache_dir, tmp_path) -> None:
-    owner = fm.owner(tmp_path / "run", [*TINY, f"cache_dir={cache_dir}", "users=[alice,bob]", "method.embedding.train=head",
-                                        "method.embedding.stack_users=2", "method.embedding.copies_per=user"])
-    host, _ = fm.train_host(owner)
-    key = fm.make_key(owner, host)
-    with pytest.raises(ConfigError, match="copies_per must be key or group"):
-        owner.method.embed_group(host, key, ["alice", "bob"], owner.ctx, [1, 2])
 
 
 def test_an_option_only_a_users_own_run_trains_is_refused_in_a_group(cache_dir, tmp_path) -> None:

@@ -102,6 +102,8 @@ class FingerMarks(WatermarkMethod):
         if self.stack_users > 1 and embedding.get("train", "all") == "all":
             raise ConfigError("method.embedding.stack_users > 1 stacks users' heads: it needs method.embedding.train=head "
                               f"or auto; with train=all {whole_fix}")
+        if embedding.get("copies_per", "group") not in ("key", "group"):
+            raise ConfigError(f"method.embedding.copies_per must be key or group, got {embedding.get('copies_per')!r}")
         # checked here, not when the first user's fit starts (after keygen)
         self.precision = str(embedding.get("precision", "32-true"))
         if self.precision not in EMBEDDING_PRECISIONS:
@@ -257,11 +259,8 @@ class FingerMarks(WatermarkMethod):
         draws them from the key's fingerprint (not secret: the copies are noise and pruned channels) and keeps them for
         the key's next group (the trunk encodes an epoch's noisy copies once per key, not once per group); `group`
         draws them from the group's first seed and keeps nothing (the stacked default before 2026-12-07)."""
-        per = self.emb.get("copies_per", "group")
-        if per == "group":
+        if self.emb.get("copies_per", "group") == "group":
             return int(seeds[0]), None
-        if per != "key":
-            raise ConfigError(f"method.embedding.copies_per must be key or group, got {per!r}")
         from fingermarks.embedding.head import trunk_digest
         from fingermarks.key import key_fingerprint
 
