@@ -9,7 +9,8 @@ axis against each embedded user. For every attacked model the top-1 labels on th
 so decoders can be compared offline on the same answers (`analyse`): transitions per trigger
 (kept / j->i / i->j / other) and the verdict of the code rule under several direction weights. A row also
 counts the attacked models that stay usable (clean accuracy at most ACC_TOLERANCE points below the user's
-copy) and, of those, the ones no guilty user was traced in: the thief's successes (DESIGN's yardstick).
+copy) and, of those, the ones no guilty user was traced in: the thief's successes (DESIGN's yardstick); and the
+embedded users' accuracy drops against the host.
 Writes benchmarks/results/tracing_channel_<tag>.jsonl (one line per attacked model) and a summary
 JSON; `--analyse-only` re-reads the JSONL (`--trace-alpha 1e-4`: decided at another accusation level;
 `--reads 5`: from the first 5 reads of suspects that were read several times, see verification.query_suspect).
@@ -34,6 +35,7 @@ from fingermarks.evaluation.robustness import deployed_accuracy
 from fingermarks.evidence.rules import BALANCED, CodeRule
 from fingermarks.files import save_json
 from fingermarks.key import host_fingerprint, load_key
+from fingermarks.metrics import accuracy
 from fingermarks.pipeline import distribute, make_context, obtain_host, obtain_key, user_names
 from fingermarks.suspects import ModuleSuspect
 from fingermarks.verification import query_suspect
@@ -61,6 +63,7 @@ def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str]
     key = obtain_key(cfg, method, host, ctx, user_names(cfg.users))
     embedded = list(key.users)[:n_embed]
     infos, models = distribute(cfg, method, host, key, embedded, ctx)
+    host_acc = accuracy(host, ctx.datamodule.test_set)  # each user's accuracy drop is read against it (`embedding_drops`)
     lines = []
     for name in attacks:
         acfg = compose_config(base + [f"attack={name}", *attack_overrides], out)
@@ -76,7 +79,8 @@ def collect(tag: str, seed: int, n_embed: int, registry: int, attacks: list[str]
                 lines.append({"tag": tag, "seed": seed, "user": user, "colluders": colluders, "attack": attack.name,
                               "axis": attack.axis, "strength": strength, "default": strength == attack.default,
                               "clean_acc": deployed_accuracy(suspect, data.test), "labels": labels.tolist(),
-                              "key": str(out / "key.pt"), "user_clean_acc": infos[user]["clean_acc"]})
+                              "key": str(out / "key.pt"), "user_clean_acc": infos[user]["clean_acc"],
+                              "host_clean_acc": host_acc})
     return lines
 
 
@@ -94,6 +98,18 @@ def with_noise_leans(key, seed: int, overrides: list[str], line_key: str = "key"
     key.decision |= instantiate(cfg.method).noise_lean_fields(host, key.triggers, key.pairs, ctx.datamodule.input_range,
                                                               key.secret_generator)
     return key
+
+
+def embedding_drops(lines: list[dict]) -> dict | None:
+    """The embedded users' accuracy drops (points, host's test accuracy less the user's copy's), one per seed and user;
+    None for lines recorded before the host's accuracy was (2026-12-07)."""
+    drops = {(line["seed"], line["user"]): 100 * (line["host_clean_acc"] - line["user_clean_acc"])
+             for line in lines if "host_clean_acc" in line}
+    if not drops:
+        return None
+    values = list(drops.values())
+    return {"users": len(values), "acc_drop_mean": float(np.mean(values)), "acc_drop_min": float(min(values)),
+            "acc_drop_max": float(max(values))}
 
 
 def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | None = None,
@@ -151,7 +167,7 @@ def analyse(lines: list[dict], trace_alpha: float | None = None, reads: int | No
         summary.append({"attack": attack, "strength": strength, "models": int(m)} | {
             k: (v / m if not k.startswith(COUNTS) else int(v)) for k, v in row.items()}
             | {f"traced_per_seed[{DEFAULT_WEIGHTS}]": {str(s): n for s, n in sorted(per_seed[(attack, strength)].items())}})
-    return {"rows": summary}
+    return {"rows": summary, "embedding": embedding_drops(lines)}
 
 
 def compare(tags: list[str]) -> str:
@@ -218,6 +234,10 @@ def main() -> None:
         print(" | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
     print(f"innocent users named ({DEFAULT_WEIGHTS}): {sum(r[f'innocent[{DEFAULT_WEIGHTS}]'] for r in result['rows'])} "
           f"in {sum(r['models'] for r in result['rows'])} attacked models")
+    if result["embedding"]:
+        e = result["embedding"]
+        print(f"accuracy drop of the {e['users']} embedded users: mean {e['acc_drop_mean']:.2f} points "
+              f"({e['acc_drop_min']:.1f} to {e['acc_drop_max']:.1f})")
 
 
 if __name__ == "__main__":

@@ -132,16 +132,16 @@ def test_fingermarks_presets_differ_from_the_default_only_where_they_say(tmp_pat
     assert (default["deepfool_candidates"], default["deepfool_max_iter"], default["noise_copies"], default["noise_std"]) == (3, 10, 2, 0.3)
     assert default["optimizer"]["lr"] == 2e-3 and default["scheduler"]["gamma"] == 0.8
     assert (default["plateau_epochs"], default["plateau_prob"], default["plateau_delta"]) == (2, 0.6, 0.02)
-    assert default["copies_per"] == "key"
+    assert default["copies_per"] == "key" and default["distill"] == 0.3
     # the whole copy at the settings it was measured with (the default before the stacked head): the head recipe undone
     whole = embedding("fingermarks_whole")
     recipe = {"train", "p0", "dp", "p_max", "readmit_prob", "done_prob", "batch_size", "noise_copies", "noise_std",
-              "prune_copies", "stack_users", "plateau_epochs", "optimizer"}
+              "prune_copies", "stack_users", "plateau_epochs", "distill", "optimizer"}
     assert {k for k in default if whole[k] != default[k]} == recipe
     # ... to the values it was measured with (the default until c53434e, the paper/refs30/noise presets' base)
     assert {k: whole[k] for k in recipe - {"optimizer"}} == {
         "train": "all", "p0": 0.3, "dp": 0.1, "p_max": 0.5, "readmit_prob": 0.6, "done_prob": 0.6, "batch_size": 64,
-        "noise_copies": 1, "noise_std": 0.2, "prune_copies": 0, "stack_users": 1, "plateau_epochs": 0}
+        "noise_copies": 1, "noise_std": 0.2, "prune_copies": 0, "stack_users": 1, "plateau_epochs": 0, "distill": 0.0}
     assert dict(whole["optimizer"]) == {**default["optimizer"], "lr": 1e-3}
     # the first stacked-head preset: the default's head with the whole copy's clean schedule and noisy copy
     fast = embedding("fingermarks_fast")

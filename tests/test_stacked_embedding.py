@@ -239,6 +239,13 @@ def test_a_group_embeds_every_user_and_matches_each_alone(cache_dir, tmp_path) -
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))  # deterministic
         assert fm.verify(key, model).traced_user == user
     assert not torch.equal(made[0][0].classifier.weight, made[1][0].classifier.weight)
+    # the default's distillation: the host's logits for the clean rows, read by the host's head off the trunk outputs,
+    # are the host's own outputs
+    from fingermarks.metrics import model_outputs
+
+    owner.ctx.datamodule.setup("fit")
+    assert owner.method.emb.distill > 0
+    assert torch.allclose(owner.method._teacher_logits[1], torch.cat(model_outputs(host.eval(), owner.ctx.datamodule.train_eval_set.tensors()[0], 512)), atol=1e-5)
     # the default `copies_per: key`: the epochs' shared copies are kept for the key's next group, as many as were trained
     epochs = max(info["embed_epochs"] for _, info in made)
     assert owner.method._copies[1] and set(owner.method._copies[1]) <= set(range(epochs + 1))
