@@ -124,9 +124,11 @@ def test_head_only_embedding_keeps_the_trunk_and_traces_each_user(cache_dir, tmp
     whole_set = len(owner.ctx.datamodule.train_eval_set)
     encoded = []
     real_encode = head_mod.encode
-    monkeypatch.setattr(head_mod, "encode", lambda trunk, x, **kw: encoded.append(len(x)) or real_encode(trunk, x, **kw))
+    monkeypatch.setattr(head_mod, "encode", lambda module, x, **kw: encoded.append((len(x), x.dim())) or real_encode(module, x, **kw))
     models = {user: fm.embed(owner, host, key, user) for user in ("alice", "bob")}
-    assert encoded.count(whole_set) == 1  # the clean images' trunk outputs: once for both users
+    assert encoded.count((whole_set, 4)) == 1  # the clean images' trunk outputs: once for both users
+    # the default's distillation: the host's head reads the teacher's logits off those outputs, once for both users
+    assert encoded.count((whole_set, 2)) == 1
     host_trunk = head_mod.split_head(host)[0].state_dict()
     for user, (model, info) in models.items():
         assert info["all_matched"] and info["embed_epochs"] >= 1
